@@ -1,0 +1,52 @@
+//! Keys of the exact per-CPU counters and the loss counters.
+//!
+//! Counters are the ground truth: they count every occurrence, while the
+//! ring buffer carries only rate-limited samples. Keying by local endpoint
+//! (not by client) keeps the map small during a flood from many sources.
+
+/// Counter key: one network namespace, action and local endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CountKey {
+    pub netns: u32,
+    /// Local (server-side for inbound, remote for outbound) port.
+    pub port: u16,
+    pub action: u8,
+    pub family: u8,
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<CountKey>() == 24);
+
+/// Per-sampler state, per CPU: a one-second window and what it suppressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SamplerState {
+    pub window_start_ns: u64,
+    pub sent: u32,
+    /// Occurrences not sent since the last sample; the next sample carries them.
+    pub pending: u32,
+}
+
+/// Slots of the `LOSS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossSlot {
+    /// Occurrences whose sample could not be reserved in the ring buffer.
+    RingbufFull = 0,
+    /// Occurrences not counted because the counter map was full.
+    CounterMapFull = 1,
+    /// Hook fired but a kernel read failed (record dropped).
+    ReadFailed = 2,
+}
+
+pub const LOSS_SLOTS: u32 = 3;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain repr(C) integers and byte arrays without implicit padding
+    // (size asserted above), so every byte is initialised.
+    unsafe impl aya::Pod for super::CountKey {}
+    // SAFETY: as above; u64 first, then two u32: no padding.
+    unsafe impl aya::Pod for super::SamplerState {}
+}

@@ -1,0 +1,86 @@
+//! tcp:tcp_send_reset: refused connections and resets the stack sends.
+//!
+//! Why this hook: it fires for every RST the TCP stack itself generates, with
+//! the kernel's RST reason and, when there was no socket, the packet that
+//! caused it. A SYN answered by an RST without a socket is exactly a refused
+//! connection ("nothing listens"); netfilter rejects do not pass here, so the
+//! two stay apart.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use observer_common::{record::{AF_INET, AF_INET6}, Action, FailureRecord};
+
+use crate::{
+    emit,
+    kread::{self, field, Res},
+    maps::config,
+};
+
+/// A `struct sockaddr_in6`-sized buffer from the tracepoint (sockaddr_in or
+/// sockaddr_in6 inside): family, then big-endian port, then the address.
+type SockaddrBuf = [u8; 28];
+
+fn port_of(sa: &SockaddrBuf) -> u16 {
+    u16::from_be_bytes([sa[2], sa[3]])
+}
+
+fn addr_of(sa: &SockaddrBuf, family: u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if family == AF_INET {
+        out[..4].copy_from_slice(&sa[4..8]);
+    } else {
+        out.copy_from_slice(&sa[8..24]);
+    }
+    out
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    if try_tcp_send_reset(&ctx).is_err() {
+        emit::read_failed();
+    }
+    0
+}
+
+fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
+    let skaddr: u64 = field(ctx, config!(send_reset.skaddr))?;
+    let skbaddr: u64 = field(ctx, config!(send_reset.skbaddr))?;
+    let state: i32 = field(ctx, config!(send_reset.state))?;
+    let reason: u32 = field(ctx, config!(send_reset.reason))?;
+    // The tracepoint stores the local end in saddr and the peer in daddr,
+    // also when it had to take them (reversed) from the incoming packet.
+    let local: SockaddrBuf = field(ctx, config!(send_reset.saddr))?;
+    let remote: SockaddrBuf = field(ctx, config!(send_reset.daddr))?;
+    let family = local[0];
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(());
+    }
+
+    let mut rec = FailureRecord::zeroed();
+    rec.family = family;
+    rec.reason = reason;
+    rec.state = state as u8;
+    rec.src_addr = addr_of(&remote, family);
+    rec.src_port = port_of(&remote);
+    rec.dst_addr = addr_of(&local, family);
+    rec.dst_port = port_of(&local);
+
+    if skaddr == 0 {
+        let skb = skbaddr as *const u8;
+        rec.netns = kread::skb_netns(skb)?;
+        // Only an initial SYN without a socket is a refused connection; an
+        // RST for a segment of an unknown connection (e.g. after a restart)
+        // is a reset the server sent.
+        let tcp_flags = kread::skb_tcp_flags(skb)?;
+        rec.action = if tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK) == kread::TCP_FLAG_SYN {
+            Action::Refused as u8
+        } else {
+            Action::ResetSent as u8
+        };
+    } else {
+        rec.netns = kread::sock_netns(skaddr as *const u8)?;
+        rec.action = Action::ResetSent as u8;
+    }
+    let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
+    emit::record(&key, rec);
+    Ok(())
+}
