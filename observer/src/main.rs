@@ -1,1 +1,63 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use observer::{
+    cli::{Cli, Command},
+    config::Config,
+    daemon, doctor,
+    privilege::MissingCapability,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OBSERVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, with the chain of causes: what an admin reads first.
+            eprintln!("observer: {err:#}");
+            if err.downcast_ref::<MissingCapability>().is_some() {
+                ExitCode::from(77) // EX_NOPERM
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.global.config.as_deref())?;
+    if let Some(dir) = cli.global.state_dir {
+        config.daemon.state_dir = dir;
+    }
+    match cli.command {
+        Command::Run(args) => {
+            if let Some(path) = args.json_log {
+                config.daemon.json_log = path;
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(daemon::run(config))
+        }
+        Command::Doctor(args) => {
+            let report = doctor::report(&config);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                doctor::print(&report);
+            }
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", Config::documented_defaults());
+            Ok(())
+        }
+    }
+}

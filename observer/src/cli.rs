@@ -1,0 +1,49 @@
+//! Command-line interface (DESIGN.md section 5).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Explains, from the server's own kernel, why clients fail to connect.
+#[derive(Debug, Parser)]
+#[command(name = "observer", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Configuration file (TOML); see `observer config` for every option.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// History and runtime state (overrides daemon.state_dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Kernel, BTF, tracefs, cgroups: which hooks load here and what is degraded.
+    Doctor(DoctorArgs),
+    /// Print the default configuration, every option documented.
+    Config,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Write failure events and diagnoses as NDJSON here (overrides daemon.json_log).
+    #[arg(long, value_name = "PATH")]
+    pub json_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

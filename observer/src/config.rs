@@ -1,0 +1,255 @@
+//! The TOML configuration. Every key is optional (`#[serde(default)]`);
+//! unknown keys and bad values are refused with their line number.
+//! `observer config` prints the defaults with their documentation.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::hooks::Hook;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{path}: line {line}, column {column}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub capture: CaptureConfig,
+    pub kernel: KernelPaths,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// NDJSON log of failure events and diagnoses (one JSON object per line).
+    pub json_log: PathBuf,
+    /// History and runtime state.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+    /// Sampled events per second per (netns, action, local endpoint) and CPU.
+    /// Counters stay exact beyond it; samples carry `event.count`.
+    pub samples_per_sec: u32,
+    /// Keys kept by the exact counters and the sampler (LRU beyond it).
+    pub counter_entries: u32,
+    /// Hooks not to attach, by name (see `observer doctor`).
+    pub disable_hooks: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelPaths {
+    /// Where tracefs is (mounted there when absent).
+    pub tracefs: PathBuf,
+    /// Kernel BTF.
+    pub btf: PathBuf,
+    /// cgroup v2 root for the listener hook; empty: found automatically.
+    pub cgroup_root: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            json_log: PathBuf::from("/var/log/observer/events.ndjson"),
+            state_dir: PathBuf::from("/var/lib/observer"),
+        }
+    }
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig { ring_buffer_bytes: 1 << 20, samples_per_sec: 64, counter_entries: 16384, disable_hooks: vec![] }
+    }
+}
+
+impl Default for KernelPaths {
+    fn default() -> Self {
+        KernelPaths {
+            tracefs: PathBuf::from(crate::kernel::tracefs::DEFAULT_ROOT),
+            btf: PathBuf::from(crate::kernel::btf::DEFAULT_VMLINUX),
+            cgroup_root: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { daemon: DaemonConfig::default(), capture: CaptureConfig::default(), kernel: KernelPaths::default() }
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().to_owned() }
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        Ok(config)
+    }
+
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read(p.to_owned(), e))?;
+                Config::parse(&text, p)
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let rb = self.capture.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 {
+            return Err(format!("capture.ring_buffer_bytes = {rb}: must be a power of two, at least 4096"));
+        }
+        if self.capture.samples_per_sec == 0 {
+            return Err("capture.samples_per_sec must be at least 1".into());
+        }
+        if self.capture.counter_entries == 0 {
+            return Err("capture.counter_entries must be at least 1".into());
+        }
+        self.disabled_hooks().map(|_| ())
+    }
+
+    pub fn disabled_hooks(&self) -> Result<Vec<Hook>, String> {
+        self.capture
+            .disable_hooks
+            .iter()
+            .map(|n| Hook::from_name(n).ok_or_else(|| format!("capture.disable_hooks: unknown hook {n:?}")))
+            .collect()
+    }
+
+    /// The defaults as a documented TOML file (`observer config`).
+    pub fn documented_defaults() -> String {
+        let d = Config::default();
+        format!(
+            r#"# observer configuration. Every key is optional; shown are the defaults.
+
+[daemon]
+# NDJSON log of failure events and diagnoses, one JSON object per line.
+json_log = {json_log:?}
+# History (SQLite) and runtime state.
+state_dir = {state_dir:?}
+
+[capture]
+# Ring buffer between the kernel programs and the daemon, in bytes
+# (a power of two). When it is full, samples are counted as lost; the
+# exact counters are not affected.
+ring_buffer_bytes = {rb}
+# Sampled events per second for each (netns, action, local endpoint) on
+# each CPU. Beyond it only the exact counters move, and the next sample's
+# event.count carries the occurrences it stands for.
+samples_per_sec = {sps}
+# Keys (netns, action, local endpoint) tracked by the counters and the
+# sampler; the least recently used is evicted beyond it.
+counter_entries = {ce}
+# Hooks not to attach, by name: {hooks}.
+disable_hooks = []
+
+[kernel]
+# tracefs; mounted here when absent.
+tracefs = {tracefs:?}
+# Kernel BTF, for struct member offsets.
+btf = {btf:?}
+# cgroup v2 root for the listener (accept queue) hook; empty: found
+# automatically (/sys/fs/cgroup or /sys/fs/cgroup/unified).
+cgroup_root = ""
+"#,
+            json_log = d.daemon.json_log.display().to_string(),
+            state_dir = d.daemon.state_dir.display().to_string(),
+            rb = d.capture.ring_buffer_bytes,
+            sps = d.capture.samples_per_sec,
+            ce = d.capture.counter_entries,
+            hooks = crate::hooks::HOOKS.iter().map(|h| h.program).collect::<Vec<_>>().join(", "),
+            tracefs = d.kernel.tracefs.display().to_string(),
+            btf = d.kernel.btf.display().to_string(),
+        )
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn documented_defaults_parse_back_to_the_defaults() {
+        assert_eq!(parse(&Config::documented_defaults()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = parse("[capture]\nsamples_per_sec = 5\n").unwrap();
+        assert_eq!(c.capture.samples_per_sec, 5);
+        assert_eq!(c.capture.ring_buffer_bytes, CaptureConfig::default().ring_buffer_bytes);
+        assert_eq!(c.daemon, DaemonConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let err = parse("[daemon]\njson_log = \"/tmp/x\"\nbogus = 1\n").unwrap_err();
+        match err {
+            ConfigError::Parse { line, message, .. } => {
+                assert_eq!(line, 3, "{message}");
+                assert!(message.contains("bogus"), "{message}");
+            }
+            e => panic!("unexpected {e}"),
+        }
+    }
+
+    #[test]
+    fn bad_value_type_names_its_line() {
+        let err = parse("\n[capture]\nsamples_per_sec = \"lots\"\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { line: 3, .. }), "{err}");
+        assert!(err.to_string().starts_with("test.toml: line 3"), "{err}");
+    }
+
+    #[test]
+    fn malformed_line_is_refused() {
+        let err = parse("[capture\nsamples_per_sec = 3\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { line: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        assert!(matches!(parse("[capture]\nring_buffer_bytes = 5000\n"), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(parse("[capture]\nsamples_per_sec = 0\n"), Err(ConfigError::Invalid { .. })));
+        let err = parse("[capture]\ndisable_hooks = [\"nope\"]\n").unwrap_err();
+        assert!(err.to_string().contains("unknown hook"), "{err}");
+        assert!(parse("[capture]\ndisable_hooks = [\"kfree_skb\"]\n").is_ok());
+    }
+}

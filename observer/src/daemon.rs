@@ -1,0 +1,151 @@
+//! `observer run`: wires the stages together and owns their lifetimes.
+//!
+//! capture (ring buffer) -> decode -> sinks, one direction. Shutdown on
+//! SIGINT/SIGTERM: stop reading, drain what the kernel already submitted,
+//! detach the programs, fsync the log.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{bail, Context as _};
+use aya::maps::RingBuf;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
+use tracing::{info, warn};
+
+use crate::{
+    capture::Capture,
+    config::Config,
+    decode::{Clock, Decoder},
+    event::FailureEvent,
+    hooks::{self, HookState, LoadOptions},
+    kernel::{layout::KernelLayout, tracefs::Tracefs},
+    privilege,
+    sink::ndjson::NdjsonSink,
+    stats::Stats,
+};
+
+/// The cgroup v2 root: unified at /sys/fs/cgroup, or the hybrid layout's
+/// /sys/fs/cgroup/unified.
+pub fn cgroup_root(config: &Config) -> PathBuf {
+    if !config.kernel.cgroup_root.as_os_str().is_empty() {
+        return config.kernel.cgroup_root.clone();
+    }
+    for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if std::path::Path::new(candidate).join("cgroup.controllers").exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    PathBuf::from("/sys/fs/cgroup/unified")
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    privilege::check()?;
+    let tracefs = Tracefs::new(&config.kernel.tracefs);
+    match tracefs.ensure_mounted() {
+        Ok(true) => info!("mounted tracefs at {}", tracefs.root().display()),
+        Ok(false) => {}
+        Err(e) => warn!("{e}; tracepoint hooks will be unavailable"),
+    }
+    let layout = KernelLayout::discover(&tracefs, &config.kernel.btf, config.capture.samples_per_sec);
+    let disabled = config.disabled_hooks().map_err(anyhow::Error::msg)?;
+    let cgroup = cgroup_root(&config);
+    let (mut ebpf, statuses) = hooks::load(&LoadOptions {
+        config: &layout.config,
+        ring_buffer_bytes: config.capture.ring_buffer_bytes,
+        counter_entries: config.capture.counter_entries,
+        disabled: &disabled,
+        unavailable: &layout.unavailable,
+        cgroup_root: &cgroup,
+    })
+    .context("loading the eBPF object")?;
+    for s in &statuses {
+        match &s.state {
+            HookState::Attached => info!("hook {} attached", s.hook),
+            HookState::Disabled => info!("hook {} disabled by configuration", s.hook),
+            HookState::Unavailable(why) => warn!(
+                "hook {} unavailable: {why}; not visible: {}",
+                s.hook,
+                s.hook.spec().loses
+            ),
+        }
+    }
+    let attached = statuses.iter().filter(|s| s.attached()).count();
+    if attached == 0 {
+        bail!("no hook could be attached; run `observer doctor` for the reasons");
+    }
+
+    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing from the object")?)
+        .context("EVENTS is not a ring buffer")?;
+    let stats = Arc::new(Stats::default());
+    let decoder = Decoder::new(Clock::now(), layout.names.clone());
+    let capture = Capture::new(ring, decoder, stats.clone()).context("polling the ring buffer")?;
+    let mut sink = NdjsonSink::open(&config.daemon.json_log)
+        .with_context(|| format!("opening the JSON log {}", config.daemon.json_log.display()))?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (tx, mut rx) = mpsc::channel::<FailureEvent>(4096);
+    let capture_task = tokio::spawn(capture.run(tx, shutdown_rx));
+
+    let sink_stats = stats.clone();
+    let sink_task = tokio::spawn(async move {
+        let mut warned = false;
+        while let Some(event) = rx.recv().await {
+            let mut result = sink.write(&event);
+            // Write what is already queued before flushing: one flush per burst.
+            while result.is_ok() {
+                match rx.try_recv() {
+                    Ok(next) => result = sink.write(&next),
+                    Err(_) => break,
+                }
+            }
+            result = result.and_then(|_| sink.flush());
+            match result {
+                Ok(()) => {
+                    Stats::inc(&sink_stats.written);
+                    warned = false;
+                }
+                Err(e) => {
+                    Stats::inc(&sink_stats.write_errors);
+                    if !warned {
+                        warn!("writing {}: {e}", sink.path().display());
+                        warned = true;
+                    }
+                }
+            }
+        }
+        if let Err(e) = sink.sync() {
+            warn!("syncing {}: {e}", sink.path().display());
+        }
+    });
+
+    // Readiness line: tests and service managers wait for it.
+    info!(
+        "ready: {attached} of {} hooks attached; JSON log {}",
+        statuses.len(),
+        config.daemon.json_log.display()
+    );
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => info!("SIGINT: shutting down"),
+    }
+    let _ = shutdown_tx.send(true);
+    if let Err(e) = capture_task.await {
+        warn!("capture task ended abnormally: {e}");
+    }
+    // Programs are detached when the object is dropped.
+    drop(ebpf);
+    if let Err(e) = sink_task.await {
+        warn!("sink task ended abnormally: {e}");
+    }
+    info!(
+        "stopped: {} records, {} decode errors, {} write errors",
+        Stats::get(&stats.records),
+        Stats::get(&stats.decode_errors),
+        Stats::get(&stats.write_errors)
+    );
+    Ok(())
+}

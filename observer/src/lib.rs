@@ -1,0 +1,18 @@
+//! The connection-failure observer: daemon and CLI.
+//!
+//! One module per stage of the data flow (DESIGN.md section 3):
+//! `kernel` (what the running kernel provides) -> `hooks` (load/attach) ->
+//! `capture` (ring buffer) -> `decode` (wire record -> `event`) -> `sink`.
+
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod decode;
+pub mod doctor;
+pub mod event;
+pub mod hooks;
+pub mod kernel;
+pub mod privilege;
+pub mod sink;
+pub mod stats;

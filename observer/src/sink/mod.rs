@@ -1,0 +1,3 @@
+//! Sinks: where events and diagnoses leave the daemon.
+
+pub mod ndjson;
