@@ -1,1 +1,83 @@
-fn main(){}
+//! Developer and CI tasks: `cargo xtask setup | test | run`.
+//!
+//! Everything a fresh machine needs is installed from here, idempotently, so
+//! that the README's two commands work on a machine nobody touched by hand.
+
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "observer's build, setup and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain and packages the build and tests need (idempotent).
+    Setup,
+    /// Set up, then run the whole test suite (unit and real-kernel integration tests).
+    Test {
+        /// Extra arguments for cargo nextest (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the daemon in the foreground (as root).
+    Run {
+        /// Arguments for `observer run`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Task::Setup => setup::run(),
+        Task::Test { args } => {
+            setup::run()?;
+            // Tests load programs into the kernel and create namespaces.
+            if !nix_is_root() {
+                bail!("the test suite needs root (it loads eBPF programs and creates network namespaces)");
+            }
+            status(
+                Command::new("cargo")
+                    .args(["nextest", "run", "--no-fail-fast", "--cargo-quiet"])
+                    .args(&args),
+            )
+        }
+        Task::Run { args } => {
+            setup::run()?;
+            status(Command::new("cargo").args(["run", "--release", "-p", "observer", "--", "run"]).args(&args))
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+pub fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Real-kernel test harness: network namespaces the test creates and
+//! removes, the real daemon binary, and `expect_event` on its JSON log.
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read},
+    net::{IpAddr, SocketAddr},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use observer::event::FailureEvent;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A network namespace, removed on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A new namespace with loopback up.
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("obs-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// The namespace inode: what the observer reports as `observer.netns`.
+    pub fn inode(&self) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.path()).expect("netns path").ino() as u32
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        sh(&v);
+    }
+
+    /// Runs a command inside the namespace (`ip netns exec`).
+    pub fn exec(&self, args: &[&str]) {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        sh(&v);
+    }
+
+    /// Runs `f` on a thread that has joined this namespace (setns affects
+    /// only the calling thread, so the test's own threads are untouched).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = File::open(self.path()).expect("open netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Connects from `from` to `to`, returning the error kind (refused, etc.).
+pub fn connect_from(from: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+    let domain = if to.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&from.into())?;
+    s.connect_timeout(&to.into(), timeout)?;
+    Ok(s.into())
+}
+
+/// The real daemon, started on its own JSON log.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub dir: tempfile::TempDir,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with(&[], None)
+    }
+
+    /// Starts `observer run` with extra args and an optional config file
+    /// text; waits for its readiness line.
+    pub fn start_with(args: &[&str], config: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("events.ndjson");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_observer"));
+        if let Some(text) = config {
+            let path = dir.path().join("observer.toml");
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("--config").arg(path);
+        }
+        cmd.arg("--state-dir").arg(dir.path().join("state"));
+        cmd.arg("run").arg("--json-log").arg(&log).args(args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn observer");
+        let stderr = child.stderr.take().expect("stderr");
+        let text = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ready:") {
+                    let _ = ready_tx.send(());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut d = Daemon { child: Some(child), log, dir, stderr: text };
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let status = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            panic!("observer did not become ready ({status:?}):\n{}", d.stderr());
+        }
+        d
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Every event written so far (a torn last line is ignored).
+    pub fn events(&self) -> Vec<FailureEvent> {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"]["dataset"] == "observer.failure")
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect()
+    }
+
+    /// Waits until an event matching `pred` is in the log; returns it.
+    pub fn expect_event(&self, what: &str, pred: impl Fn(&FailureEvent) -> bool) -> FailureEvent {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no event {what} within 10 s; got:\n{:#?}\nobserver stderr:\n{}",
+                    self.events(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Events of one namespace, waiting `settle` for stragglers.
+    pub fn events_in(&self, netns: u32, settle: Duration) -> Vec<FailureEvent> {
+        std::thread::sleep(settle);
+        self.events().into_iter().filter(|e| e.observer.netns == netns).collect()
+    }
+
+    /// SIGTERM; the exit status must be success. Returns stderr and every
+    /// event in the log after shutdown (before the temp dir goes away).
+    pub fn stop(mut self) -> (String, Vec<FailureEvent>) {
+        let mut child = self.child.take().expect("child");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .expect("kill");
+        let status = child.wait().expect("wait");
+        std::thread::sleep(Duration::from_millis(50));
+        let err = self.stderr();
+        assert!(status.success(), "observer exited with {status}:\n{err}");
+        (err, self.events())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().expect("ip"), port)
+}
+
+pub fn log_path(d: &Daemon) -> &Path {
+    &d.log
+}
