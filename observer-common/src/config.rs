@@ -73,7 +73,8 @@ pub struct KfreeSkbLayout {
     pub skbaddr: u16,
     pub protocol: u16,
     pub reason: u16,
-    pub _pad: u16,
+    /// The socket the packet was delivered to (5.19+ `rx_sk`); optional.
+    pub rx_sk: u16,
 }
 
 /// Member offsets (bytes from the start of the named struct) from BTF.
@@ -104,6 +105,9 @@ pub struct StructOffsets {
     pub icsk_syn_qlen: u16,
     /// `sock.__sk_common.skc_state` (one byte)
     pub sk_state: u16,
+    /// `sk_buff.sk`
+    pub skb_sk: u16,
+    pub _pad: [u16; 3],
 }
 
 impl StructOffsets {
@@ -120,6 +124,8 @@ impl StructOffsets {
         sk_max_ack_backlog: UNSET,
         icsk_syn_qlen: UNSET,
         sk_state: UNSET,
+        skb_sk: UNSET,
+        _pad: [0; 3],
     };
 }
 
@@ -181,7 +187,7 @@ impl KernelConfig {
             skbaddr: UNSET,
             protocol: UNSET,
             reason: UNSET,
-            _pad: 0,
+            rx_sk: UNSET,
         },
         structs: StructOffsets::UNSET,
         values: KernelValues {

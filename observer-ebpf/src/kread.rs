@@ -67,3 +67,138 @@ pub fn skb_tcp_flags(skb: *const u8) -> Res<u8> {
 
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// Network namespace of a packet: through its socket when it has one (the
+/// output path, before a device is set), else through its device.
+#[inline(always)]
+pub fn skb_any_netns(skb: *const u8) -> Res<u32> {
+    let sk: *const u8 = at(skb, config!(structs.skb_sk))?;
+    if sk.is_null() {
+        skb_netns(skb)
+    } else {
+        sock_netns(sk)
+    }
+}
+
+/// The socket the packet belongs to, or null.
+#[inline(always)]
+pub fn skb_sock(skb: *const u8) -> Res<*const u8> {
+    at(skb, config!(structs.skb_sk))
+}
+
+/// TCP state of a socket (`skc_state`).
+#[inline(always)]
+pub fn sock_state(sk: *const u8) -> Res<u8> {
+    at(sk, config!(structs.sk_state))
+}
+
+/// Accept-queue length and limit of a listening socket.
+#[inline(always)]
+pub fn listener_queue(sk: *const u8) -> Res<(u32, u32)> {
+    let len: u32 = at(sk, config!(structs.sk_ack_backlog))?;
+    let max: u32 = at(sk, config!(structs.sk_max_ack_backlog))?;
+    Ok((len, max))
+}
+
+/// SYN-queue length (request socks) of a listening socket.
+#[inline(always)]
+pub fn listener_syn_queue(sk: *const u8) -> Res<u32> {
+    at(sk, config!(structs.icsk_syn_qlen))
+}
+
+/// The IP and TCP headers of a packet, parsed into a 4-tuple and TCP flags.
+pub struct Packet {
+    pub family: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+
+/// Reads the network header of an skb (at `head + network_header`). Only
+/// TCP without IPv6 extension headers is parsed; anything else is Err.
+#[inline(always)]
+pub fn skb_packet(skb: *const u8, protocol: u16) -> Res<Packet> {
+    let head: *const u8 = at(skb, config!(structs.skb_head))?;
+    let nh: u16 = at(skb, config!(structs.skb_network_header))?;
+    if nh == u16::MAX || head.is_null() {
+        return Err(-1);
+    }
+    // SAFETY: pointer arithmetic only; every read below goes through
+    // bpf_probe_read_kernel, which fails cleanly on a bad address.
+    let ip = unsafe { head.add(nh as usize) };
+    let mut p = Packet { family: 0, saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, tcp_flags: 0 };
+    let th: *const u8;
+    if protocol == ETH_P_IP {
+        let vihl: u8 = at(ip, 0)?;
+        let proto: u8 = at(ip, 9)?;
+        if vihl >> 4 != 4 || proto != IPPROTO_TCP {
+            return Err(-1);
+        }
+        let s: [u8; 4] = at(ip, 12)?;
+        let d: [u8; 4] = at(ip, 16)?;
+        p.saddr[..4].copy_from_slice(&s);
+        p.daddr[..4].copy_from_slice(&d);
+        p.family = observer_common::record::AF_INET;
+        // SAFETY: as above, arithmetic only.
+        th = unsafe { ip.add(((vihl & 0x0f) as usize) * 4) };
+    } else if protocol == ETH_P_IPV6 {
+        let next: u8 = at(ip, 6)?;
+        if next != IPPROTO_TCP {
+            return Err(-1);
+        }
+        p.saddr = at(ip, 8)?;
+        p.daddr = at(ip, 24)?;
+        p.family = observer_common::record::AF_INET6;
+        // SAFETY: as above, arithmetic only.
+        th = unsafe { ip.add(40) };
+    } else {
+        return Err(-1);
+    }
+    let ports: [u8; 4] = at(th, 0)?;
+    p.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    p.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    p.tcp_flags = at(th, 13)?;
+    Ok(p)
+}
+
+/// The classic 4-tuple tracepoint fields (host-order ports).
+pub struct Tuple {
+    pub skaddr: *const u8,
+    pub family: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[inline(always)]
+pub fn tuple(ctx: &TracePointContext, l: &observer_common::config::TupleLayout) -> Res<Tuple> {
+    let skaddr: u64 = field(ctx, l.skaddr)?;
+    let family: u16 = field(ctx, l.family)?;
+    let mut t = Tuple {
+        skaddr: skaddr as *const u8,
+        family: family as u8,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: field(ctx, l.sport)?,
+        dport: field(ctx, l.dport)?,
+    };
+    if t.family == observer_common::record::AF_INET {
+        let s: [u8; 4] = field(ctx, l.saddr)?;
+        let d: [u8; 4] = field(ctx, l.daddr)?;
+        t.saddr[..4].copy_from_slice(&s);
+        t.daddr[..4].copy_from_slice(&d);
+    } else if t.family == observer_common::record::AF_INET6 {
+        t.saddr = field(ctx, l.saddr_v6)?;
+        t.daddr = field(ctx, l.daddr_v6)?;
+    } else {
+        return Err(-1);
+    }
+    Ok(t)
+}

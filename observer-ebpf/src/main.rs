@@ -9,7 +9,11 @@
 mod emit;
 mod kread;
 mod maps;
+mod connect;
+mod drop;
+mod listener;
 mod reset;
+mod synack;
 
 #[cfg(not(test))]
 #[panic_handler]

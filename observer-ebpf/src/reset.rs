@@ -7,7 +7,10 @@
 //! two stay apart.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use observer_common::{record::{AF_INET, AF_INET6}, Action, FailureRecord};
+use observer_common::{
+    record::{flags, AF_INET, AF_INET6},
+    Action, FailureRecord,
+};
 
 use crate::{
     emit,
@@ -81,6 +84,45 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
         rec.action = Action::ResetSent as u8;
     }
     let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
+    emit::record(&key, rec);
+    Ok(())
+}
+
+/// tcp:tcp_receive_reset: an RST arrived on one of this host's sockets.
+/// In SYN_SENT that is an outbound connect refused by the peer (also seen as
+/// connect_failed); otherwise the peer reset an open connection.
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    if try_tcp_receive_reset(&ctx).is_err() {
+        emit::read_failed();
+    }
+    0
+}
+
+fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
+    let l = config!(receive_reset);
+    let t = kread::tuple(ctx, &l)?;
+    let mut rec = FailureRecord::zeroed();
+    rec.action = Action::ResetReceived as u8;
+    rec.family = t.family;
+    rec.netns = kread::sock_netns(t.skaddr)?;
+    rec.state = kread::sock_state(t.skaddr).unwrap_or(0);
+    // The socket's own side is sport/saddr. A socket in SYN_SENT initiated
+    // the connection; otherwise take the peer as the initiator (inbound),
+    // which the daemon corrects with the listener table.
+    if rec.state as u32 == config!(values.tcp_syn_sent) {
+        rec.flags |= flags::OUTBOUND;
+        rec.src_addr = t.saddr;
+        rec.src_port = t.sport;
+        rec.dst_addr = t.daddr;
+        rec.dst_port = t.dport;
+    } else {
+        rec.src_addr = t.daddr;
+        rec.src_port = t.dport;
+        rec.dst_addr = t.saddr;
+        rec.dst_port = t.sport;
+    }
+    let key = emit::key_of(&rec, t.sport, t.saddr);
     emit::record(&key, rec);
     Ok(())
 }

@@ -59,7 +59,8 @@ impl KernelLayout {
         let btf_status = btf.as_ref().map(|_| ()).map_err(|e| e.to_string());
         {
             let s = &mut config.structs;
-            let fields: [(&'static str, &mut u16, &str, &[&str]); 12] = [
+            let fields: [(&'static str, &mut u16, &str, &[&str]); 13] = [
+                ("skb_sk", &mut s.skb_sk, "sk_buff", &["sk"]),
                 ("skb_dev", &mut s.skb_dev, "sk_buff", &["dev"]),
                 ("skb_head", &mut s.skb_head, "sk_buff", &["head"]),
                 ("skb_network_header", &mut s.skb_network_header, "sk_buff", &["network_header"]),
@@ -187,6 +188,8 @@ impl KernelLayout {
                     config.kfree_skb.skbaddr = o("skbaddr", 8)?;
                     config.kfree_skb.protocol = o("protocol", 2)?;
                     config.kfree_skb.reason = o("reason", 4)?;
+                    // Optional: only used to attribute final-ACK overflows to the listener.
+                    config.kfree_skb.rx_sk = o("rx_sk", 8).unwrap_or(observer_common::config::UNSET);
                     Ok(())
                 })();
                 if let Err(e) = r {
@@ -212,7 +215,7 @@ impl KernelLayout {
         }
         need(
             Hook::KfreeSkb,
-            &["skb_dev", "dev_nd_net", "net_ns_inum", "skb_head", "skb_network_header"],
+            &["skb_dev", "dev_nd_net", "net_ns_inum", "skb_head", "skb_network_header", "skb_sk", "sk_net"],
             &mut unavailable,
         );
         need(

@@ -1,0 +1,99 @@
+//! sock:inet_sock_set_state: outbound connects that fail.
+//!
+//! Why this hook: SYN_SENT -> CLOSE is where every failed connect ends
+//! (RST: ECONNREFUSED, retries exhausted: ETIMEDOUT, ICMP: EHOSTUNREACH...),
+//! with `sk_err` already set. That moment runs in softirq or timer context,
+//! so the connecting process is remembered at CLOSE -> SYN_SENT, which runs
+//! in connect() itself.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use observer_common::{record::flags, Action, FailureRecord};
+
+use crate::{
+    emit,
+    kread::{self, field, Res},
+    maps::config,
+};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Owner {
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// Connecting sockets (by address) -> the process that called connect().
+#[map]
+static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+const IPPROTO_TCP: u16 = 6;
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if try_inet_sock_set_state(&ctx).is_err() {
+        emit::read_failed();
+    }
+    0
+}
+
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
+    let protocol: u16 = field(ctx, config!(set_state.protocol))?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let old: i32 = field(ctx, config!(set_state.oldstate))?;
+    let new: i32 = field(ctx, config!(set_state.newstate))?;
+    let syn_sent = config!(values.tcp_syn_sent) as i32;
+    if new == syn_sent {
+        let skaddr: u64 = field(ctx, config!(set_state.tuple.skaddr))?;
+        let owner = Owner {
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            _pad: 0,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        let _ = CONNECTING.insert(&skaddr, &owner, 0);
+        return Ok(());
+    }
+    if old != syn_sent {
+        return Ok(());
+    }
+    let l = config!(set_state.tuple);
+    let t = kread::tuple(ctx, &l)?;
+    let key64 = t.skaddr as u64;
+    // SAFETY: the value is copied out at once; the LRU map may evict it later.
+    let owner = unsafe { CONNECTING.get(&key64) }.copied();
+    let _ = CONNECTING.remove(&key64);
+    if new != config!(values.tcp_close) as i32 {
+        return Ok(()); // SYN_SENT -> ESTABLISHED: success.
+    }
+    let err: i32 = kread::at(t.skaddr, config!(structs.sk_err))?;
+    if err == 0 {
+        return Ok(()); // closed by the application before an answer: not a failure.
+    }
+    let mut rec = FailureRecord::zeroed();
+    rec.action = Action::ConnectFailed as u8;
+    rec.family = t.family;
+    rec.netns = kread::sock_netns(t.skaddr)?;
+    rec.reason = err as u32;
+    rec.state = old as u8;
+    rec.flags = flags::OUTBOUND;
+    rec.src_addr = t.saddr;
+    rec.src_port = t.sport;
+    rec.dst_addr = t.daddr;
+    rec.dst_port = t.dport;
+    if let Some(o) = owner {
+        rec.pid = o.pid;
+        rec.comm = o.comm;
+        rec.flags |= flags::HAS_PROCESS;
+    }
+    // Outbound: the key is the remote endpoint that failed.
+    let key = emit::key_of(&rec, t.dport, t.daddr);
+    emit::record(&key, rec);
+    Ok(())
+}

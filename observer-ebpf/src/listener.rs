@@ -1,0 +1,116 @@
+//! cgroup_skb ingress on the cgroup v2 root: SYNs that reach a listener
+//! whose accept queue or SYN queue is already full.
+//!
+//! Why this hook: at the SYN stage the kernel frees an overflowing SYN with
+//! consume_skb, so kfree_skb never sees it, and no tracepoint fires. A
+//! cgroup_skb ingress program runs for every packet delivered to a socket,
+//! listeners included, right before tcp_conn_request checks the queues, so
+//! it sees the same queue lengths the kernel is about to compare: the
+//! packets counted here as `ack_backlog > max_ack_backlog` matched the
+//! kernel's ListenOverflows exactly in our measurements. It must always
+//! return 1 (pass): it observes, never filters.
+
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_sock},
+    helpers::generated::{bpf_sk_fullsock, bpf_skc_to_tcp_sock},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use observer_common::{
+    record::{flags, AF_INET, AF_INET6},
+    Action, FailureRecord,
+};
+
+use crate::{
+    emit,
+    kread::{self, Res},
+};
+
+/// `BPF_TCP_LISTEN`: bpf_sock's state uses the UAPI enum, stable ABI.
+const BPF_TCP_LISTEN: u32 = 10;
+const IPPROTO_TCP: u32 = 6;
+
+#[cgroup_skb(ingress)]
+pub fn listener_ingress(ctx: SkBuffContext) -> i32 {
+    if try_listener_ingress(&ctx).is_err() {
+        emit::read_failed();
+    }
+    1
+}
+
+fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: ctx.skb is the program's context pointer, valid for the run.
+    let sk: *mut bpf_sock = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: the helper accepts any socket pointer from the context and
+    // returns null when it is not a full socket.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return Ok(());
+    }
+    // SAFETY: non-null result of bpf_sk_fullsock, readable by the verifier's rules.
+    let (state, protocol, family) = unsafe { ((*full).state, (*full).protocol, (*full).family) };
+    if state != BPF_TCP_LISTEN || protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    // Packet data starts at the IP header in cgroup_skb programs.
+    let (ip_len, saddr_off, daddr_off, alen) = if family == AF_INET as u32 {
+        let vihl: u8 = ctx.load(0).map_err(|_| -1)?;
+        (((vihl & 0x0f) as usize) * 4, 12usize, 16usize, 4usize)
+    } else if family == AF_INET6 as u32 {
+        let next: u8 = ctx.load(6).map_err(|_| -1)?;
+        if next != IPPROTO_TCP as u8 {
+            return Ok(());
+        }
+        (40, 8, 24, 16)
+    } else {
+        return Ok(());
+    };
+    let tcp_flags: u8 = ctx.load(ip_len + 13).map_err(|_| -1)?;
+    if tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK) != kread::TCP_FLAG_SYN {
+        return Ok(());
+    }
+    // SAFETY: the helper takes a socket pointer and returns null when the
+    // socket is not a TCP socket.
+    let tp = unsafe { bpf_skc_to_tcp_sock(full.cast()) } as *const u8;
+    if tp.is_null() {
+        return Ok(());
+    }
+    let (acceptq, max) = kread::listener_queue(tp)?;
+    let synq = kread::listener_syn_queue(tp)?;
+    // The kernel's own conditions: sk_acceptq_is_full() and
+    // inet_csk_reqsk_queue_is_full() compare with ">".
+    let action = if acceptq > max {
+        Action::ListenOverflow
+    } else if synq > max {
+        Action::SynQueueOverflow
+    } else {
+        return Ok(());
+    };
+    let mut rec = FailureRecord::zeroed();
+    rec.action = action as u8;
+    rec.family = family as u8;
+    rec.flags = flags::HAS_LISTENER | if action == Action::ListenOverflow { flags::SYN_STAGE } else { 0 };
+    rec.backlog = max;
+    rec.queue_len = if action == Action::ListenOverflow { acceptq } else { synq };
+    rec.state = BPF_TCP_LISTEN as u8;
+    rec.netns = kread::sock_netns(tp)?;
+    if alen == 4 {
+        let s: [u8; 4] = ctx.load(saddr_off).map_err(|_| -1)?;
+        let d: [u8; 4] = ctx.load(daddr_off).map_err(|_| -1)?;
+        rec.src_addr[..4].copy_from_slice(&s);
+        rec.dst_addr[..4].copy_from_slice(&d);
+    } else {
+        rec.src_addr = ctx.load(saddr_off).map_err(|_| -1)?;
+        rec.dst_addr = ctx.load(daddr_off).map_err(|_| -1)?;
+    }
+    let ports: [u8; 4] = ctx.load(ip_len).map_err(|_| -1)?;
+    rec.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+    rec.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
+    emit::record(&key, rec);
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! tcp:tcp_retransmit_synack: the server resends its SYN-ACK because the
+//! client's final ACK has not arrived (return path, client firewall, or a
+//! spoofed SYN). The listener is the socket; the tuple is the request's.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use observer_common::{record::flags, Action, FailureRecord};
+
+use crate::{
+    emit,
+    kread::{self, Res},
+    maps::config,
+};
+
+#[tracepoint]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    if try_tcp_retransmit_synack(&ctx).is_err() {
+        emit::read_failed();
+    }
+    0
+}
+
+fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Res<()> {
+    let l = config!(retransmit_synack);
+    let t = kread::tuple(ctx, &l)?;
+    let mut rec = FailureRecord::zeroed();
+    rec.action = Action::SynackRetransmit as u8;
+    rec.family = t.family;
+    rec.netns = kread::sock_netns(t.skaddr)?;
+    // sport/saddr are the listener's side; the client initiated.
+    rec.src_addr = t.daddr;
+    rec.src_port = t.dport;
+    rec.dst_addr = t.saddr;
+    rec.dst_port = t.sport;
+    if let Ok((len, max)) = kread::listener_queue(t.skaddr) {
+        rec.queue_len = kread::listener_syn_queue(t.skaddr).map(|q| q as u32).unwrap_or(len);
+        rec.backlog = max;
+        rec.flags |= flags::HAS_LISTENER;
+    }
+    let key = emit::key_of(&rec, t.sport, t.saddr);
+    emit::record(&key, rec);
+    Ok(())
+}
