@@ -32,6 +32,19 @@ pub struct Owner {
 #[map]
 static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 
+/// Established sockets this host opened (active open) -> their process.
+/// Lets the reset hooks tell which side initiated a connection exactly;
+/// sockets opened before the daemon started default to inbound.
+#[map]
+static ACTIVE: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// The process that opened `sk` actively, if this host initiated it.
+#[inline(always)]
+pub fn active_owner(sk: *const u8) -> Option<Owner> {
+    // SAFETY: the value is copied out at once.
+    unsafe { ACTIVE.get(&(sk as u64)) }.copied()
+}
+
 const IPPROTO_TCP: u16 = 6;
 
 #[tracepoint]
@@ -60,6 +73,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
         let _ = CONNECTING.insert(&skaddr, &owner, 0);
         return Ok(());
     }
+    if new == config!(values.tcp_close) as i32 {
+        let skaddr: u64 = field(ctx, config!(set_state.tuple.skaddr))?;
+        let _ = ACTIVE.remove(&skaddr);
+    }
     if old != syn_sent {
         return Ok(());
     }
@@ -70,7 +87,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     let owner = unsafe { CONNECTING.get(&key64) }.copied();
     let _ = CONNECTING.remove(&key64);
     if new != config!(values.tcp_close) as i32 {
-        return Ok(()); // SYN_SENT -> ESTABLISHED: success.
+        // SYN_SENT -> ESTABLISHED: success; remember who initiated.
+        if let Some(o) = owner {
+            let _ = ACTIVE.insert(&key64, &o, 0);
+        }
+        return Ok(());
     }
     let err: i32 = kread::at(t.skaddr, config!(structs.sk_err))?;
     if err == 0 {

@@ -36,6 +36,19 @@ fn addr_of(sa: &SockaddrBuf, family: u8) -> [u8; 16] {
     out
 }
 
+fn swap_ends(rec: &mut FailureRecord) {
+    core::mem::swap(&mut rec.src_addr, &mut rec.dst_addr);
+    core::mem::swap(&mut rec.src_port, &mut rec.dst_port);
+}
+
+/// This host opened the connection: it is the source, and its process is known.
+fn outbound(rec: &mut FailureRecord, owner: crate::connect::Owner) {
+    rec.flags |= flags::OUTBOUND | flags::HAS_PROCESS;
+    rec.pid = owner.pid;
+    rec.comm = owner.comm;
+    swap_ends(rec);
+}
+
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     if try_tcp_send_reset(&ctx).is_err() {
@@ -80,8 +93,12 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
             Action::ResetSent as u8
         };
     } else {
-        rec.netns = kread::sock_netns(skaddr as *const u8)?;
+        let sk = skaddr as *const u8;
+        rec.netns = kread::sock_netns(sk)?;
         rec.action = Action::ResetSent as u8;
+        if let Some(o) = crate::connect::active_owner(sk) {
+            outbound(&mut rec, o);
+        }
     }
     let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
     emit::record(&key, rec);
@@ -107,20 +124,17 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
     rec.family = t.family;
     rec.netns = kread::sock_netns(t.skaddr)?;
     rec.state = kread::sock_state(t.skaddr).unwrap_or(0);
-    // The socket's own side is sport/saddr. A socket in SYN_SENT initiated
-    // the connection; otherwise take the peer as the initiator (inbound),
-    // which the daemon corrects with the listener table.
-    if rec.state as u32 == config!(values.tcp_syn_sent) {
+    // The socket's own side is sport/saddr; by default the peer initiated.
+    rec.src_addr = t.daddr;
+    rec.src_port = t.dport;
+    rec.dst_addr = t.saddr;
+    rec.dst_port = t.sport;
+    if let Some(o) = crate::connect::active_owner(t.skaddr) {
+        outbound(&mut rec, o);
+    } else if rec.state as u32 == config!(values.tcp_syn_sent) {
+        // Still connecting: this host initiated (the owner is in CONNECTING).
         rec.flags |= flags::OUTBOUND;
-        rec.src_addr = t.saddr;
-        rec.src_port = t.sport;
-        rec.dst_addr = t.daddr;
-        rec.dst_port = t.dport;
-    } else {
-        rec.src_addr = t.daddr;
-        rec.src_port = t.dport;
-        rec.dst_addr = t.saddr;
-        rec.dst_port = t.sport;
+        swap_ends(&mut rec);
     }
     let key = emit::key_of(&rec, t.sport, t.saddr);
     emit::record(&key, rec);

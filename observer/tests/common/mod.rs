@@ -63,6 +63,20 @@ impl Netns {
         sh(&v);
     }
 
+    /// Loads an nftables ruleset into the namespace.
+    pub fn nft(&self, ruleset: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nft");
+        child.stdin.take().expect("stdin").write_all(ruleset.as_bytes()).expect("write ruleset");
+        let out = child.wait_with_output().expect("nft");
+        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Runs `f` on a thread that has joined this namespace (setns affects
     /// only the calling thread, so the test's own threads are untouched).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -202,6 +216,49 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// A listening socket with the given backlog that never accepts.
+pub fn listener(addr: SocketAddr, backlog: i32) -> socket2::Socket {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).expect("socket");
+    s.set_reuse_address(true).expect("reuseaddr");
+    s.bind(&addr.into()).expect("bind");
+    s.listen(backlog).expect("listen");
+    s
+}
+
+/// Starts a non-blocking connect from a fixed port and leaves it in flight.
+pub fn start_connect(from: SocketAddr, to: SocketAddr) -> socket2::Socket {
+    let domain = if to.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).expect("socket");
+    s.set_reuse_address(true).expect("reuseaddr");
+    s.bind(&from.into()).expect("bind");
+    s.set_nonblocking(true).expect("nonblocking");
+    let _ = s.connect(&to.into());
+    s
+}
+
+/// A blocking connect whose SYN is retried `syn_retries` times before the
+/// kernel gives up with ETIMEDOUT (TCP_SYNCNT), so a timeout takes seconds.
+pub fn connect_with_syn_retries(from: SocketAddr, to: SocketAddr, syn_retries: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let domain = if to.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&from.into())?;
+    // SAFETY: a valid fd, and a pointer to an int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&syn_retries as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_SYNCNT");
+    s.connect(&to.into())
 }
 
 pub fn sa(ip: &str, port: u16) -> SocketAddr {
