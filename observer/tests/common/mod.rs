@@ -140,10 +140,11 @@ impl Daemon {
         let sink = text.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ready:") {
+                let ready = line.contains("ready:");
+                sink.lock().unwrap().push_str(&(line + "\n"));
+                if ready {
                     let _ = ready_tx.send(());
                 }
-                sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
         let mut d = Daemon { child: Some(child), log, dir, stderr: text };

@@ -1,0 +1,71 @@
+//! A kernel without one of the tracepoints: the daemon says which hook is
+//! unavailable, why and what cannot be seen, and the rest keep reporting.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::{connect_from, sa, Daemon, Netns};
+use observer_common::Action;
+
+/// A tracefs tree with every format file the hooks read, except one.
+fn tracefs_without(dir: &Path, missing: &str) {
+    let real = Path::new("/sys/kernel/tracing/events");
+    for tp in ["tcp/tcp_send_reset", "tcp/tcp_receive_reset", "tcp/tcp_retransmit_synack", "sock/inet_sock_set_state", "skb/kfree_skb"] {
+        if tp == missing {
+            continue;
+        }
+        let to = dir.join("events").join(tp);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(real.join(tp).join("format"), to.join("format")).unwrap();
+    }
+}
+
+#[test]
+fn a_missing_tracepoint_degrades_only_its_hook() {
+    let fake = tempfile::tempdir().unwrap();
+    tracefs_without(fake.path(), "tcp/tcp_send_reset");
+    let config = format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string());
+    let daemon = Daemon::start_with(&[], Some(&config));
+    let stderr = daemon.stderr();
+    assert!(
+        stderr.contains("hook tcp_send_reset unavailable: tracepoint tcp:tcp_send_reset not found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not visible: refused connections"), "{stderr}");
+    assert!(stderr.contains("ready: 5 of 6 hooks attached"), "{stderr}");
+
+    // connect_failed (another hook) still reports; refused does not.
+    let ns = Netns::new("degraded");
+    ns.run(|| connect_from(sa("127.0.0.1", 49001), sa("127.0.0.1", 8090), Duration::from_secs(2)).err());
+    let e = daemon.expect_event("connect_failed", |e| {
+        e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed
+    });
+    assert_eq!(e.observer.reason.as_deref(), Some("ECONNREFUSED"));
+    let ours = daemon.events_in(ns.inode(), Duration::from_millis(300));
+    assert!(ours.iter().all(|e| e.event.action != Action::Refused), "{ours:#?}");
+    daemon.stop();
+}
+
+#[test]
+fn doctor_reports_the_missing_hook() {
+    let fake = tempfile::tempdir().unwrap();
+    tracefs_without(fake.path(), "skb/kfree_skb");
+    let cfg = fake.path().join("observer.toml");
+    std::fs::write(&cfg, format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_observer"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hooks = report["hooks"].as_array().unwrap();
+    let kfree = hooks.iter().find(|h| h["hook"] == "kfree_skb").unwrap();
+    assert_eq!(kfree["status"], "unavailable");
+    assert!(kfree["why"].as_str().unwrap().contains("skb:kfree_skb not found"), "{kfree}");
+    for h in hooks.iter().filter(|h| h["hook"] != "kfree_skb") {
+        assert_eq!(h["status"], "attached", "{h}");
+    }
+}
