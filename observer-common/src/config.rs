@@ -149,7 +149,9 @@ pub struct KernelValues {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
     pub send_reset: SendResetLayout,
-    pub _pad0: u32,
+    /// net:net_dev_queue `skbaddr` (reject detection).
+    pub dev_queue_skbaddr: u16,
+    pub _pad0: u16,
     pub receive_reset: TupleLayout,
     pub retransmit_synack: TupleLayout,
     pub set_state: SetStateLayout,
@@ -173,6 +175,7 @@ impl KernelConfig {
             saddr: UNSET,
             daddr: UNSET,
         },
+        dev_queue_skbaddr: UNSET,
         _pad0: 0,
         receive_reset: TupleLayout::UNSET,
         retransmit_synack: TupleLayout::UNSET,

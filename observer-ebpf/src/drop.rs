@@ -50,7 +50,11 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Res<()> {
         if !syn {
             return Ok(());
         }
-        rec.action = Action::FirewallDrop as u8;
+        rec.action = if crate::reject::was_rejected(p.sport, p.dport) {
+            Action::FirewallReject as u8
+        } else {
+            Action::FirewallDrop as u8
+        };
         let sk = kread::skb_sock(skb).unwrap_or(core::ptr::null());
         if !sk.is_null() {
             // Only locally generated packets carry their socket this early.
@@ -69,12 +73,8 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Res<()> {
             }
         }
     }
-    let (port, addr) = if rec.flags & flags::OUTBOUND != 0 {
-        (rec.dst_port, rec.dst_addr)
-    } else {
-        (rec.dst_port, rec.dst_addr)
-    };
-    let key = emit::key_of(&rec, port, addr);
+    // Inbound or outbound, the endpoint that was not reached is the key.
+    let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
     emit::record(&key, rec);
     Ok(())
 }

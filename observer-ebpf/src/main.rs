@@ -12,6 +12,7 @@ mod maps;
 mod connect;
 mod drop;
 mod listener;
+mod reject;
 mod reset;
 mod synack;
 

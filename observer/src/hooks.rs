@@ -22,6 +22,7 @@ pub enum Hook {
     TcpRetransmitSynack,
     InetSockSetState,
     KfreeSkb,
+    NetDevQueue,
     ListenerIngress,
 }
 
@@ -76,6 +77,13 @@ pub const HOOKS: &[HookSpec] = &[
         attach: Attach::Tracepoint { category: "skb", name: "kfree_skb" },
         actions: &[Action::FirewallDrop, Action::FirewallReject, Action::ListenOverflow],
         loses: "firewall drops/rejects of SYNs and accept-queue overflows at the final ACK",
+    },
+    HookSpec {
+        hook: Hook::NetDevQueue,
+        program: "net_dev_queue",
+        attach: Attach::Tracepoint { category: "net", name: "net_dev_queue" },
+        actions: &[Action::FirewallReject],
+        loses: "firewall rejects (reported as firewall_drop instead)",
     },
     HookSpec {
         hook: Hook::ListenerIngress,
@@ -221,6 +229,7 @@ mod tests {
             Hook::TcpRetransmitSynack,
             Hook::InetSockSetState,
             Hook::KfreeSkb,
+            Hook::NetDevQueue,
             Hook::ListenerIngress,
         ];
         for h in all {

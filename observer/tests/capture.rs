@@ -201,3 +201,72 @@ fn connect_failed_timeout_when_syns_are_dropped() {
     assert_eq!(e.process.expect("process").pid, std::process::id());
     daemon.stop();
 }
+
+/// A server-side rule that rejects SYNs to `port` with `how`.
+fn reject_syns_to(port: u16, how: &str) -> String {
+    format!("table inet fw {{\n  chain input {{\n    type filter hook input priority 0;\n    tcp dport {port} tcp flags syn reject with {how}\n  }}\n}}\n")
+}
+
+#[test]
+fn firewall_reject_with_tcp_reset_is_not_a_refused_connection() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("fwrej");
+    ns.nft(&reject_syns_to(8091, "tcp reset"));
+    let r = ns.run(|| {
+        let _l = listener(sa("127.0.0.1", 8091), 16);
+        connect_from(sa("127.0.0.1", 47101), sa("127.0.0.1", 8091), Duration::from_secs(2)).err().map(|e| e.kind())
+    });
+    assert_eq!(r, Some(ErrorKind::ConnectionRefused));
+    let e = daemon.expect_event("firewall_reject", |e| {
+        e.observer.netns == ns.inode() && e.event.action == Action::FirewallReject
+    });
+    assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 47101));
+    assert_eq!((e.destination.ip, e.destination.port), (ip("127.0.0.1"), 8091));
+    assert_eq!(e.observer.reason.as_deref(), Some("NETFILTER_DROP"));
+    let ours = daemon.events_in(ns.inode(), Duration::from_millis(300));
+    assert!(
+        ours.iter().all(|e| !matches!(e.event.action, Action::Refused | Action::FirewallDrop)),
+        "a reject is neither a refused connection nor a silent drop: {ours:#?}"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn firewall_reject_with_icmp_host_unreachable() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("fwicmp");
+    ns.nft(&reject_syns_to(8092, "icmpx type host-unreachable"));
+    let r = ns.run(|| {
+        connect_from(sa("127.0.0.1", 47201), sa("127.0.0.1", 8092), Duration::from_secs(3)).err().map(|e| e.raw_os_error())
+    });
+    assert_eq!(r, Some(Some(libc::EHOSTUNREACH)));
+    let rej = daemon.expect_event("firewall_reject", |e| {
+        e.observer.netns == ns.inode() && e.event.action == Action::FirewallReject
+    });
+    assert_eq!((rej.source.port, rej.destination.port), (47201, 8092));
+    assert_eq!(rej.network.kind, "ipv4");
+    // Over IPv4 loopback the ICMP is handled while connect() still holds the
+    // socket, so the error is connect()'s return value and sk_err stays 0:
+    // connect_failed does not see that synchronous path yet (known gap,
+    // needs a sys_exit_connect hook). The IPv6 test below sees it.
+    daemon.stop();
+}
+
+#[test]
+fn connect_failed_enetunreach_from_an_icmp_network_unreachable_ipv6() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("netunr");
+    ns.nft(&reject_syns_to(8093, "icmpx type no-route"));
+    let r = ns.run(|| connect_from(sa("::1", 47301), sa("::1", 8093), Duration::from_secs(3)).err().map(|e| e.raw_os_error()));
+    assert_eq!(r, Some(Some(libc::ENETUNREACH)));
+    let cf = daemon.expect_event("connect_failed", |e| {
+        e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed
+    });
+    assert_eq!(cf.observer.reason.as_deref(), Some("ENETUNREACH"));
+    assert_eq!(cf.network.kind, "ipv6");
+    let rej = daemon.expect_event("firewall_reject v6", |e| {
+        e.observer.netns == ns.inode() && e.event.action == Action::FirewallReject
+    });
+    assert_eq!((rej.source.port, rej.destination.port), (47301, 8093));
+    daemon.stop();
+}

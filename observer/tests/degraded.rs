@@ -11,7 +11,7 @@ use observer_common::Action;
 /// A tracefs tree with every format file the hooks read, except one.
 fn tracefs_without(dir: &Path, missing: &str) {
     let real = Path::new("/sys/kernel/tracing/events");
-    for tp in ["tcp/tcp_send_reset", "tcp/tcp_receive_reset", "tcp/tcp_retransmit_synack", "sock/inet_sock_set_state", "skb/kfree_skb"] {
+    for tp in ["tcp/tcp_send_reset", "tcp/tcp_receive_reset", "tcp/tcp_retransmit_synack", "sock/inet_sock_set_state", "skb/kfree_skb", "net/net_dev_queue"] {
         if tp == missing {
             continue;
         }
@@ -33,7 +33,7 @@ fn a_missing_tracepoint_degrades_only_its_hook() {
         "{stderr}"
     );
     assert!(stderr.contains("not visible: refused connections"), "{stderr}");
-    assert!(stderr.contains("ready: 5 of 6 hooks attached"), "{stderr}");
+    assert!(stderr.contains("ready: 6 of 7 hooks attached"), "{stderr}");
 
     // connect_failed (another hook) still reports; refused does not.
     let ns = Netns::new("degraded");
@@ -65,7 +65,11 @@ fn doctor_reports_the_missing_hook() {
     let kfree = hooks.iter().find(|h| h["hook"] == "kfree_skb").unwrap();
     assert_eq!(kfree["status"], "unavailable");
     assert!(kfree["why"].as_str().unwrap().contains("skb:kfree_skb not found"), "{kfree}");
-    for h in hooks.iter().filter(|h| h["hook"] != "kfree_skb") {
+    // The reject detector only feeds kfree_skb, so it goes down with it.
+    let ndq = hooks.iter().find(|h| h["hook"] == "net_dev_queue").unwrap();
+    assert_eq!(ndq["status"], "unavailable");
+    assert!(ndq["why"].as_str().unwrap().contains("kfree_skb"), "{ndq}");
+    for h in hooks.iter().filter(|h| h["hook"] != "kfree_skb" && h["hook"] != "net_dev_queue") {
         assert_eq!(h["status"], "attached", "{h}");
     }
 }

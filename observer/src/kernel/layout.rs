@@ -218,6 +218,23 @@ impl KernelLayout {
             &["skb_dev", "dev_nd_net", "net_ns_inum", "skb_head", "skb_network_header", "skb_sk", "sk_net"],
             &mut unavailable,
         );
+        // net:net_dev_queue
+        match tracefs.format("net", "net_dev_queue").map_err(|e| e.to_string()).and_then(|f| {
+            f.offset("skbaddr", Some(8)).map_err(|e| e.to_string())
+        }) {
+            Ok(off) => config.dev_queue_skbaddr = off,
+            Err(e) => {
+                unavailable.insert(Hook::NetDevQueue, e);
+            }
+        }
+        need(Hook::NetDevQueue, &["skb_head", "skb_network_header"], &mut unavailable);
+        if unavailable.contains_key(&Hook::KfreeSkb) {
+            // The reject marker is only read by kfree_skb.
+            unavailable
+                .entry(Hook::NetDevQueue)
+                .or_insert_with(|| "needs the kfree_skb hook, which is unavailable".into());
+        }
+
         need(
             Hook::ListenerIngress,
             &["sk_ack_backlog", "sk_max_ack_backlog", "icsk_syn_qlen", "sk_net", "net_ns_inum"],
