@@ -19,7 +19,7 @@ use crate::{
     config::Config,
     decode::{Clock, Decoder},
     event::FailureEvent,
-    hooks::{self, HookState, LoadOptions},
+    hooks::{self, HookState},
     kernel::{layout::KernelLayout, tracefs::Tracefs},
     privilege,
     sink::ndjson::NdjsonSink,
@@ -49,17 +49,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => warn!("{e}; tracepoint hooks will be unavailable"),
     }
     let layout = KernelLayout::discover(&tracefs, &config.kernel.btf, config.capture.samples_per_sec);
-    let disabled = config.disabled_hooks().map_err(anyhow::Error::msg)?;
-    let cgroup = cgroup_root(&config);
-    let (mut ebpf, statuses) = hooks::load(&LoadOptions {
-        config: &layout.config,
-        ring_buffer_bytes: config.capture.ring_buffer_bytes,
-        counter_entries: config.capture.counter_entries,
-        disabled: &disabled,
-        unavailable: &layout.unavailable,
-        cgroup_root: &cgroup,
-    })
-    .context("loading the eBPF object")?;
+    config.disabled_hooks().map_err(anyhow::Error::msg)?;
+    let (mut ebpf, statuses) = hooks::load_configured(&config, &layout).context("loading the eBPF object")?;
     for s in &statuses {
         match &s.state {
             HookState::Attached => info!("hook {} attached", s.hook),

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     config::Config,
     daemon::cgroup_root,
-    hooks::{self, HookState, HookStatus, LoadOptions},
+    hooks::{self, HookState, HookStatus},
     kernel::{layout::KernelLayout, tracefs::Tracefs},
     privilege,
 };
@@ -45,16 +45,8 @@ pub fn report(config: &Config) -> Report {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.to_string(),
     };
-    let disabled = config.disabled_hooks().unwrap_or_default();
     let hooks = if privileges == "ok" {
-        match hooks::load(&LoadOptions {
-            config: &layout.config,
-            ring_buffer_bytes: config.capture.ring_buffer_bytes,
-            counter_entries: config.capture.counter_entries,
-            disabled: &disabled,
-            unavailable: &layout.unavailable,
-            cgroup_root: &cgroup,
-        }) {
+        match hooks::load_configured(config, &layout) {
             Ok((_ebpf, statuses)) => statuses,
             Err(e) => all_unavailable(&format!("eBPF object did not load: {}", hooks::error_chain(&e))),
         }

@@ -151,6 +151,23 @@ pub struct LoadOptions<'a> {
     pub cgroup_root: &'a Path,
 }
 
+/// Loads and attaches with the daemon's configuration and the discovered layout.
+pub fn load_configured(
+    config: &crate::config::Config,
+    layout: &crate::kernel::layout::KernelLayout,
+) -> Result<(Ebpf, Vec<HookStatus>), aya::EbpfError> {
+    let disabled = config.disabled_hooks().unwrap_or_default();
+    let cgroup = crate::daemon::cgroup_root(config);
+    load(&LoadOptions {
+        config: &layout.config,
+        ring_buffer_bytes: config.capture.ring_buffer_bytes,
+        counter_entries: config.capture.counter_entries,
+        disabled: &disabled,
+        unavailable: &layout.unavailable,
+        cgroup_root: &cgroup,
+    })
+}
+
 /// Loads the object and attaches every hook that can run. Fails only when
 /// the object itself cannot be loaded (maps, BTF); per-hook problems are
 /// returned as statuses.

@@ -96,12 +96,18 @@ impl Drop for Netns {
     }
 }
 
-/// Connects from `from` to `to`, returning the error kind (refused, etc.).
-pub fn connect_from(from: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
-    let domain = if to.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+/// A TCP socket bound to `local` (SO_REUSEADDR, so tests can reuse ports).
+pub fn bound_socket(local: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = if local.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;
-    s.bind(&from.into())?;
+    s.bind(&local.into())?;
+    Ok(s)
+}
+
+/// Connects from `from` to `to`, returning the error kind (refused, etc.).
+pub fn connect_from(from: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+    let s = bound_socket(from)?;
     s.connect_timeout(&to.into(), timeout)?;
     Ok(s.into())
 }
@@ -221,20 +227,14 @@ impl Drop for Daemon {
 
 /// A listening socket with the given backlog that never accepts.
 pub fn listener(addr: SocketAddr, backlog: i32) -> socket2::Socket {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).expect("socket");
-    s.set_reuse_address(true).expect("reuseaddr");
-    s.bind(&addr.into()).expect("bind");
+    let s = bound_socket(addr).expect("bind listener");
     s.listen(backlog).expect("listen");
     s
 }
 
 /// Starts a non-blocking connect from a fixed port and leaves it in flight.
 pub fn start_connect(from: SocketAddr, to: SocketAddr) -> socket2::Socket {
-    let domain = if to.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).expect("socket");
-    s.set_reuse_address(true).expect("reuseaddr");
-    s.bind(&from.into()).expect("bind");
+    let s = bound_socket(from).expect("bind client");
     s.set_nonblocking(true).expect("nonblocking");
     let _ = s.connect(&to.into());
     s
@@ -244,10 +244,7 @@ pub fn start_connect(from: SocketAddr, to: SocketAddr) -> socket2::Socket {
 /// kernel gives up with ETIMEDOUT (TCP_SYNCNT), so a timeout takes seconds.
 pub fn connect_with_syn_retries(from: SocketAddr, to: SocketAddr, syn_retries: i32) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let domain = if to.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.bind(&from.into())?;
+    let s = bound_socket(from)?;
     // SAFETY: a valid fd, and a pointer to an int of the size passed.
     let rc = unsafe {
         libc::setsockopt(
