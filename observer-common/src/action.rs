@@ -61,10 +61,6 @@ impl TryFrom<u8> for Action {
     type Error = UnknownAction;
 
     fn try_from(value: u8) -> Result<Self, Self::Error> {
-        Action::ALL
-            .iter()
-            .copied()
-            .find(|a| *a as u8 == value)
-            .ok_or(UnknownAction(value))
+        Action::ALL.iter().copied().find(|a| *a as u8 == value).ok_or(UnknownAction(value))
     }
 }

@@ -106,16 +106,12 @@ mod user {
         /// length, so a short or oversized record is an error, not UB.
         fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
             if bytes.len() != FailureRecord::SIZE {
-                return Err(RecordError::Length {
-                    got: bytes.len(),
-                    expected: FailureRecord::SIZE,
-                });
+                return Err(RecordError::Length { got: bytes.len(), expected: FailureRecord::SIZE });
             }
             // SAFETY: the length equals size_of::<FailureRecord>(), every
             // field is a plain integer or byte array (any bit pattern is
             // valid) and read_unaligned makes no alignment assumption.
-            let record: FailureRecord =
-                unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            let record: FailureRecord = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
             crate::Action::try_from(record.action).map_err(|e| RecordError::Action(e.0))?;
             if record.family != super::AF_INET && record.family != super::AF_INET6 {
                 return Err(RecordError::Family(record.family));
@@ -132,9 +128,7 @@ mod user {
         pub fn as_bytes(&self) -> &[u8] {
             // SAFETY: FailureRecord is repr(C) with no implicit padding (the
             // size assertion above pins the layout), so every byte is initialised.
-            unsafe {
-                core::slice::from_raw_parts((self as *const Self).cast::<u8>(), FailureRecord::SIZE)
-            }
+            unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), FailureRecord::SIZE) }
         }
     }
 }

@@ -84,11 +84,5 @@ pub fn read_failed() {
 
 /// The counter key for a record: its namespace, action and local endpoint.
 pub fn key_of(rec: &FailureRecord, local_port: u16, local_addr: [u8; 16]) -> CountKey {
-    CountKey {
-        netns: rec.netns,
-        port: local_port,
-        action: rec.action,
-        family: rec.family,
-        addr: local_addr,
-    }
+    CountKey { netns: rec.netns, port: local_port, action: rec.action, family: rec.family, addr: local_addr }
 }

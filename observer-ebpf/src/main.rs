@@ -6,17 +6,18 @@
 #![no_std]
 #![no_main]
 
-mod emit;
-mod kread;
-mod maps;
 mod connect;
 mod drop;
+mod emit;
+mod kread;
 mod listener;
+mod maps;
 mod reject;
 mod reset;
 mod synack;
 
-#[cfg(not(test))]
+// Only the BPF target needs it; a host build (clippy, tests) links std's.
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     // SAFETY: the verifier rejects any program that could reach a panic, so

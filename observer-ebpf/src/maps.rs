@@ -22,8 +22,7 @@ pub static COUNTERS: LruPerCpuHashMap<CountKey, u64> = LruPerCpuHashMap::with_ma
 
 /// Rate limiter state per key and CPU.
 #[map]
-pub static SAMPLER: LruPerCpuHashMap<CountKey, SamplerState> =
-    LruPerCpuHashMap::with_max_entries(16384, 0);
+pub static SAMPLER: LruPerCpuHashMap<CountKey, SamplerState> = LruPerCpuHashMap::with_max_entries(16384, 0);
 
 /// Loss accounting, indexed by `LossSlot`.
 #[map]

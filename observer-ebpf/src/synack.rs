@@ -32,7 +32,7 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Res<()> {
     rec.dst_addr = t.saddr;
     rec.dst_port = t.sport;
     if let Ok((len, max)) = kread::listener_queue(t.skaddr) {
-        rec.queue_len = kread::listener_syn_queue(t.skaddr).map(|q| q as u32).unwrap_or(len);
+        rec.queue_len = kread::listener_syn_queue(t.skaddr).unwrap_or(len);
         rec.backlog = max;
         rec.flags |= flags::HAS_LISTENER;
     }

@@ -25,8 +25,8 @@ impl Capture {
     pub fn new(ring: RingBuf<MapData>, decoder: Decoder, stats: Arc<Stats>) -> std::io::Result<Capture> {
         // SAFETY: RingBuf owns its map fd for its whole life and always
         // returns that same fd from as_raw_fd; the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
+        let ring =
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
         Ok(Capture { ring, decoder, stats })
     }
 
@@ -70,7 +70,7 @@ impl Capture {
                 Err(e) => {
                     let n = stats.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Rate-limited: the first, then every 1000th.
-                    if n % 1000 == 0 {
+                    if n.is_multiple_of(1000) {
                         warn!("dropping ring buffer record: {e} ({} so far)", n + 1);
                     }
                 }

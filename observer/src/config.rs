@@ -19,7 +19,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub daemon: DaemonConfig,
@@ -86,19 +86,10 @@ impl Default for KernelPaths {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config { daemon: DaemonConfig::default(), capture: CaptureConfig::default(), kernel: KernelPaths::default() }
-    }
-}
-
 impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((0, 0));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().to_owned() }
         })?;
         config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;

@@ -55,11 +55,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         match &s.state {
             HookState::Attached => info!("hook {} attached", s.hook),
             HookState::Disabled => info!("hook {} disabled by configuration", s.hook),
-            HookState::Unavailable(why) => warn!(
-                "hook {} unavailable: {why}; not visible: {}",
-                s.hook,
-                s.hook.spec().loses
-            ),
+            HookState::Unavailable(why) => {
+                warn!("hook {} unavailable: {why}; not visible: {}", s.hook, s.hook.spec().loses)
+            }
         }
     }
     let attached = statuses.iter().filter(|s| s.attached()).count();
@@ -112,11 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     // Readiness line: tests and service managers wait for it.
-    info!(
-        "ready: {attached} of {} hooks attached; JSON log {}",
-        statuses.len(),
-        config.daemon.json_log.display()
-    );
+    info!("ready: {attached} of {} hooks attached; JSON log {}", statuses.len(), config.daemon.json_log.display());
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::select! {

@@ -94,15 +94,10 @@ impl Decoder {
         let action = Action::try_from(rec.action).unwrap_or(Action::Refused);
         let when = self.clock.wall(rec.ts_ns);
         let tcp_state = (rec.state != 0).then(|| {
-            self.names
-                .tcp_states
-                .get(&(rec.state as u64))
-                .cloned()
-                .unwrap_or_else(|| format!("STATE_{}", rec.state))
+            self.names.tcp_states.get(&(rec.state as u64)).cloned().unwrap_or_else(|| format!("STATE_{}", rec.state))
         });
-        let stage = (action == Action::ListenOverflow).then(|| {
-            if rec.flags & flags::SYN_STAGE != 0 { "syn" } else { "ack" }.to_owned()
-        });
+        let stage = (action == Action::ListenOverflow)
+            .then(|| if rec.flags & flags::SYN_STAGE != 0 { "syn" } else { "ack" }.to_owned());
         FailureEvent {
             timestamp: humantime::format_rfc3339_micros(when).to_string(),
             event: EventMeta::failure(action, rec.count as u64),
@@ -121,8 +116,7 @@ impl Decoder {
                     .then_some(ListenerQueue { backlog: rec.backlog, queue_len: rec.queue_len }),
                 direction: if rec.flags & flags::OUTBOUND != 0 { "outbound" } else { "inbound" }.to_owned(),
             },
-            process: (rec.flags & flags::HAS_PROCESS != 0)
-                .then(|| Process { pid: rec.pid, name: comm(&rec.comm) }),
+            process: (rec.flags & flags::HAS_PROCESS != 0).then(|| Process { pid: rec.pid, name: comm(&rec.comm) }),
         }
     }
 }

@@ -71,10 +71,7 @@ pub fn report(config: &Config) -> Report {
 }
 
 fn all_unavailable(why: &str) -> Vec<HookStatus> {
-    hooks::HOOKS
-        .iter()
-        .map(|s| HookStatus { hook: s.hook, state: HookState::Unavailable(why.to_owned()) })
-        .collect()
+    hooks::HOOKS.iter().map(|s| HookStatus { hook: s.hook, state: HookState::Unavailable(why.to_owned()) }).collect()
 }
 
 pub fn print(report: &Report) {
@@ -84,7 +81,7 @@ pub fn print(report: &Report) {
     println!("cgroup v2    {}", report.cgroup_v2_root);
     println!("privileges   {}", report.privileges);
     println!();
-    println!("{:<24} {:<12} {}", "HOOK", "STATUS", "SEES / WHY NOT");
+    println!("{:<24} {:<12} SEES / WHY NOT", "HOOK", "STATUS");
     for s in &report.hooks {
         let spec = s.hook.spec();
         let actions = spec.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ");

@@ -27,7 +27,10 @@ pub enum Hook {
 }
 
 pub enum Attach {
-    Tracepoint { category: &'static str, name: &'static str },
+    Tracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
     /// cgroup_skb ingress on the cgroup v2 root.
     CgroupIngress,
 }
@@ -196,15 +199,13 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Ebpf, Vec<HookStatus>), aya::Ebpf
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &HookSpec, cgroup_root: &Path) -> Result<(), String> {
-    let program = ebpf
-        .program_mut(spec.program)
-        .ok_or_else(|| format!("program {} is not in the eBPF object", spec.program))?;
+    let program =
+        ebpf.program_mut(spec.program).ok_or_else(|| format!("program {} is not in the eBPF object", spec.program))?;
     match spec.attach {
         Attach::Tracepoint { category, name } => {
             let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
             tp.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
-            tp.attach(category, name)
-                .map_err(|e| format!("attach {category}:{name}: {}", error_chain(&e)))?;
+            tp.attach(category, name).map_err(|e| format!("attach {category}:{name}: {}", error_chain(&e)))?;
         }
         Attach::CgroupIngress => {
             let prog: &mut CgroupSkb = program.try_into().map_err(|e| format!("{e}"))?;
@@ -226,7 +227,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut src = e.source();
     while let Some(inner) = src {
         let text = inner.to_string();
-        let tail: String = text.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ");
+        let tail: String =
+            text.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ");
         s.push_str(": ");
         s.push_str(&tail);
         src = inner.source();

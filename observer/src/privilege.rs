@@ -29,10 +29,7 @@ pub fn check() -> Result<(), MissingCapability> {
         return Err(MissingCapability { missing: "CAP_BPF", why: "load eBPF programs and maps" });
     }
     if !has(Capability::CAP_PERFMON) {
-        return Err(MissingCapability {
-            missing: "CAP_PERFMON",
-            why: "attach to tracepoints and read kernel memory",
-        });
+        return Err(MissingCapability { missing: "CAP_PERFMON", why: "attach to tracepoints and read kernel memory" });
     }
     Ok(())
 }

@@ -33,9 +33,8 @@ fn reset_sent_and_received_when_a_socket_is_closed_with_linger_zero() {
         assert_eq!(err.kind(), ErrorKind::ConnectionReset);
         let _ = c.write(b"x");
     });
-    let sent = daemon.expect_event("reset_sent", |e| {
-        e.observer.netns == ns.inode() && e.event.action == Action::ResetSent
-    });
+    let sent =
+        daemon.expect_event("reset_sent", |e| e.observer.netns == ns.inode() && e.event.action == Action::ResetSent);
     // The client initiated: it is the source, the server the destination.
     assert_eq!((sent.source.ip, sent.source.port), (ip("127.0.0.1"), 43001));
     assert_eq!((sent.destination.ip, sent.destination.port), (ip("127.0.0.1"), 8081));
@@ -46,9 +45,8 @@ fn reset_sent_and_received_when_a_socket_is_closed_with_linger_zero() {
     assert!(reason.starts_with("TCP_"), "an RST reason from the kernel's table, got {reason}");
     eprintln!("reset_sent reason on this kernel: {reason}");
 
-    let received = daemon.expect_event("reset_received", |e| {
-        e.observer.netns == ns.inode() && e.event.action == Action::ResetReceived
-    });
+    let received = daemon
+        .expect_event("reset_received", |e| e.observer.netns == ns.inode() && e.event.action == Action::ResetReceived);
     // The client opened the connection: it is the source, and its process is known.
     assert_eq!(received.observer.direction, "outbound");
     assert_eq!((received.source.ip, received.source.port), (ip("127.0.0.1"), 43001));
@@ -154,9 +152,8 @@ fn firewall_drop_of_an_inbound_syn() {
         connect_from(sa("127.0.0.1", 47001), sa("127.0.0.1", 8085), Duration::from_millis(500)).err().map(|e| e.kind())
     });
     assert_eq!(r, Some(ErrorKind::TimedOut));
-    let e = daemon.expect_event("firewall_drop", |e| {
-        e.observer.netns == ns.inode() && e.event.action == Action::FirewallDrop
-    });
+    let e = daemon
+        .expect_event("firewall_drop", |e| e.observer.netns == ns.inode() && e.event.action == Action::FirewallDrop);
     assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 47001));
     assert_eq!((e.destination.ip, e.destination.port), (ip("127.0.0.1"), 8085));
     assert_eq!(e.observer.reason.as_deref(), Some("NETFILTER_DROP"));
@@ -172,9 +169,8 @@ fn connect_failed_refused_names_errno_and_process() {
         connect_from(sa("127.0.0.1", 48001), sa("127.0.0.1", 8086), Duration::from_secs(2)).err().map(|e| e.kind())
     });
     assert_eq!(r, Some(ErrorKind::ConnectionRefused));
-    let e = daemon.expect_event("connect_failed", |e| {
-        e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed
-    });
+    let e = daemon
+        .expect_event("connect_failed", |e| e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed);
     assert_eq!(e.observer.reason.as_deref(), Some("ECONNREFUSED"));
     assert_eq!(e.observer.direction, "outbound");
     assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 48001));
@@ -192,9 +188,8 @@ fn connect_failed_timeout_when_syns_are_dropped() {
     ns.nft(&drop_syns_to(8087));
     let r = ns.run(|| connect_with_syn_retries(sa("::1", 48002), sa("::1", 8087), 1).err().map(|e| e.kind()));
     assert_eq!(r, Some(ErrorKind::TimedOut));
-    let e = daemon.expect_event("connect_failed", |e| {
-        e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed
-    });
+    let e = daemon
+        .expect_event("connect_failed", |e| e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed);
     assert_eq!(e.observer.reason.as_deref(), Some("ETIMEDOUT"));
     assert_eq!((e.source.ip, e.source.port), (ip("::1"), 48002));
     assert_eq!(e.destination.port, 8087);
@@ -237,7 +232,9 @@ fn firewall_reject_with_icmp_host_unreachable() {
     let ns = Netns::new("fwicmp");
     ns.nft(&reject_syns_to(8092, "icmpx type host-unreachable"));
     let r = ns.run(|| {
-        connect_from(sa("127.0.0.1", 47201), sa("127.0.0.1", 8092), Duration::from_secs(3)).err().map(|e| e.raw_os_error())
+        connect_from(sa("127.0.0.1", 47201), sa("127.0.0.1", 8092), Duration::from_secs(3))
+            .err()
+            .map(|e| e.raw_os_error())
     });
     assert_eq!(r, Some(Some(libc::EHOSTUNREACH)));
     let rej = daemon.expect_event("firewall_reject", |e| {
@@ -257,11 +254,12 @@ fn connect_failed_enetunreach_from_an_icmp_network_unreachable_ipv6() {
     let daemon = Daemon::start();
     let ns = Netns::new("netunr");
     ns.nft(&reject_syns_to(8093, "icmpx type no-route"));
-    let r = ns.run(|| connect_from(sa("::1", 47301), sa("::1", 8093), Duration::from_secs(3)).err().map(|e| e.raw_os_error()));
-    assert_eq!(r, Some(Some(libc::ENETUNREACH)));
-    let cf = daemon.expect_event("connect_failed", |e| {
-        e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed
+    let r = ns.run(|| {
+        connect_from(sa("::1", 47301), sa("::1", 8093), Duration::from_secs(3)).err().map(|e| e.raw_os_error())
     });
+    assert_eq!(r, Some(Some(libc::ENETUNREACH)));
+    let cf = daemon
+        .expect_event("connect_failed", |e| e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed);
     assert_eq!(cf.observer.reason.as_deref(), Some("ENETUNREACH"));
     assert_eq!(cf.network.kind, "ipv6");
     let rej = daemon.expect_event("firewall_reject v6", |e| {

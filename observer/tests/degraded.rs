@@ -11,7 +11,14 @@ use observer_common::Action;
 /// A tracefs tree with every format file the hooks read, except one.
 fn tracefs_without(dir: &Path, missing: &str) {
     let real = Path::new("/sys/kernel/tracing/events");
-    for tp in ["tcp/tcp_send_reset", "tcp/tcp_receive_reset", "tcp/tcp_retransmit_synack", "sock/inet_sock_set_state", "skb/kfree_skb", "net/net_dev_queue"] {
+    for tp in [
+        "tcp/tcp_send_reset",
+        "tcp/tcp_receive_reset",
+        "tcp/tcp_retransmit_synack",
+        "sock/inet_sock_set_state",
+        "skb/kfree_skb",
+        "net/net_dev_queue",
+    ] {
         if tp == missing {
             continue;
         }
@@ -28,19 +35,15 @@ fn a_missing_tracepoint_degrades_only_its_hook() {
     let config = format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string());
     let daemon = Daemon::start_with(&[], Some(&config));
     let stderr = daemon.stderr();
-    assert!(
-        stderr.contains("hook tcp_send_reset unavailable: tracepoint tcp:tcp_send_reset not found"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("hook tcp_send_reset unavailable: tracepoint tcp:tcp_send_reset not found"), "{stderr}");
     assert!(stderr.contains("not visible: refused connections"), "{stderr}");
     assert!(stderr.contains("ready: 6 of 7 hooks attached"), "{stderr}");
 
     // connect_failed (another hook) still reports; refused does not.
     let ns = Netns::new("degraded");
     ns.run(|| connect_from(sa("127.0.0.1", 49001), sa("127.0.0.1", 8090), Duration::from_secs(2)).err());
-    let e = daemon.expect_event("connect_failed", |e| {
-        e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed
-    });
+    let e = daemon
+        .expect_event("connect_failed", |e| e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed);
     assert_eq!(e.observer.reason.as_deref(), Some("ECONNREFUSED"));
     let ours = daemon.events_in(ns.inode(), Duration::from_millis(300));
     assert!(ours.iter().all(|e| e.event.action != Action::Refused), "{ours:#?}");

@@ -24,7 +24,9 @@ fn refused_ipv4_and_ipv6_are_reported_exactly_per_namespace() {
     });
     assert_eq!(errors, [Some(ErrorKind::ConnectionRefused), Some(ErrorKind::ConnectionRefused)]);
     // Another namespace, same port: must not be counted as ours.
-    let other_err = other.run(|| connect_from(sa("127.0.0.1", 41003), sa("127.0.0.1", 8080), Duration::from_secs(2)).err().map(|e| e.kind()));
+    let other_err = other.run(|| {
+        connect_from(sa("127.0.0.1", 41003), sa("127.0.0.1", 8080), Duration::from_secs(2)).err().map(|e| e.kind())
+    });
     assert_eq!(other_err, Some(ErrorKind::ConnectionRefused));
 
     let v4 = daemon.expect_event("refused v4", |e| e.observer.netns == ns.inode() && e.source.port == 41001);

@@ -54,11 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !nix_is_root() {
                 bail!("the test suite needs root (it loads eBPF programs and creates network namespaces)");
             }
-            status(
-                Command::new("cargo")
-                    .args(["nextest", "run", "--no-fail-fast", "--cargo-quiet"])
-                    .args(&args),
-            )
+            status(Command::new("cargo").args(["nextest", "run", "--no-fail-fast", "--cargo-quiet"]).args(&args))
         }
         Task::Run { args } => {
             setup::run()?;

@@ -34,10 +34,7 @@ impl KernelBtf {
     }
 
     fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(name)
-            .map_err(|_| BtfError::NoStruct(name.to_owned()))?;
+        let types = self.btf.resolve_types_by_name(name).map_err(|_| BtfError::NoStruct(name.to_owned()))?;
         types
             .into_iter()
             .find_map(|t| match t {
@@ -97,17 +94,14 @@ impl KernelBtf {
             }
             bits += off;
             if i + 1 < path.len() {
-                let ty = self
-                    .btf
-                    .resolve_chained_type(&m)
-                    .map_err(|e| BtfError::Other(e.to_string()))?;
+                let ty = self.btf.resolve_chained_type(&m).map_err(|e| BtfError::Other(e.to_string()))?;
                 current = self
                     .resolve_aggregate(ty)
                     .ok_or_else(|| BtfError::Other(format!("{owner}.{member} is not a struct")))?;
                 owner = format!("{owner}.{member}");
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield(root.to_owned(), path.join(".")));
         }
         let bytes = bits / 8;

@@ -67,10 +67,10 @@ impl Format {
 
     /// The offset of `field` as a u16, checking its size when given.
     pub fn offset(&self, field: &str, size: Option<usize>) -> Result<u16, TracefsError> {
-        let f = self.fields.get(field).ok_or_else(|| TracefsError::Field {
-            tracepoint: self.name.clone(),
-            field: field.to_owned(),
-        })?;
+        let f = self
+            .fields
+            .get(field)
+            .ok_or_else(|| TracefsError::Field { tracepoint: self.name.clone(), field: field.to_owned() })?;
         if let Some(expected) = size {
             if f.size != expected {
                 return Err(TracefsError::FieldSize {
@@ -81,22 +81,14 @@ impl Format {
                 });
             }
         }
-        u16::try_from(f.offset)
-            .ok()
-            .filter(|o| *o != observer_common::config::UNSET)
-            .ok_or_else(|| TracefsError::Offset {
-                tracepoint: self.name.clone(),
-                field: field.to_owned(),
-                offset: f.offset,
-            })
+        u16::try_from(f.offset).ok().filter(|o| *o != observer_common::config::UNSET).ok_or_else(|| {
+            TracefsError::Offset { tracepoint: self.name.clone(), field: field.to_owned(), offset: f.offset }
+        })
     }
 
     /// The symbol table that contains `probe` as a name (e.g. "NO_SOCKET").
     pub fn table_with(&self, probe: &str) -> Option<HashMap<u64, String>> {
-        self.symbols
-            .iter()
-            .find(|t| t.iter().any(|(_, n)| n == probe))
-            .map(|t| t.iter().cloned().collect())
+        self.symbols.iter().find(|t| t.iter().any(|(_, n)| n == probe)).map(|t| t.iter().cloned().collect())
     }
 }
 
@@ -115,10 +107,7 @@ fn parse_field(rest: &str) -> Option<(String, Field)> {
     }
     // The name is the last identifier of the declaration, before any `[N]`.
     let name_part = decl.split('[').next()?.trim_end();
-    let name = name_part
-        .rsplit(|c: char| c.is_whitespace() || c == '*')
-        .next()?
-        .to_owned();
+    let name = name_part.rsplit(|c: char| c.is_whitespace() || c == '*').next()?.to_owned();
     Some((name, Field { decl, offset: offset?, size: size? }))
 }
 

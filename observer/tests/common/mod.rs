@@ -186,11 +186,7 @@ impl Daemon {
                 return e;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "no event {what} within 10 s; got:\n{:#?}\nobserver stderr:\n{}",
-                    self.events(),
-                    self.stderr()
-                );
+                panic!("no event {what} within 10 s; got:\n{:#?}\nobserver stderr:\n{}", self.events(), self.stderr());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
