@@ -137,11 +137,9 @@ pub struct KernelValues {
     pub drop_netfilter: u32,
     /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`
     pub drop_listen_overflow: u32,
-    /// `TCP_SYN_SENT`, `TCP_CLOSE`, `TCP_LISTEN` from inet_sock_set_state's print fmt.
+    /// `TCP_SYN_SENT` and `TCP_CLOSE` from inet_sock_set_state's print fmt.
     pub tcp_syn_sent: u32,
     pub tcp_close: u32,
-    pub tcp_listen: u32,
-    pub tcp_established: u32,
 }
 
 /// Everything the programs need to know about the running kernel.
@@ -186,20 +184,13 @@ impl KernelConfig {
             protocol: UNSET,
             _pad: 0,
         },
-        kfree_skb: KfreeSkbLayout {
-            skbaddr: UNSET,
-            protocol: UNSET,
-            reason: UNSET,
-            rx_sk: UNSET,
-        },
+        kfree_skb: KfreeSkbLayout { skbaddr: UNSET, protocol: UNSET, reason: UNSET, rx_sk: UNSET },
         structs: StructOffsets::UNSET,
         values: KernelValues {
             drop_netfilter: u32::MAX,
             drop_listen_overflow: u32::MAX,
             tcp_syn_sent: u32::MAX,
             tcp_close: u32::MAX,
-            tcp_listen: u32::MAX,
-            tcp_established: u32::MAX,
         },
         samples_per_sec: 64,
         _pad1: 0,
@@ -207,7 +198,7 @@ impl KernelConfig {
 }
 
 // The layout is shared with the kernel: a change in size is a wire change.
-const _: () = assert!(core::mem::size_of::<KernelConfig>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<KernelConfig>().is_multiple_of(8));
 
 #[cfg(feature = "user")]
 // SAFETY: KernelConfig is repr(C), Copy, made only of integers, with every

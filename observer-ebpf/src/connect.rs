@@ -42,10 +42,8 @@ static ACTIVE: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 #[inline(always)]
 pub fn active_owner(sk: *const u8) -> Option<Owner> {
     // SAFETY: the value is copied out at once.
-    unsafe { ACTIVE.get(&(sk as u64)) }.copied()
+    unsafe { ACTIVE.get(sk as u64) }.copied()
 }
-
-const IPPROTO_TCP: u16 = 6;
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -57,39 +55,38 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     let protocol: u16 = field(ctx, config!(set_state.protocol))?;
-    if protocol != IPPROTO_TCP {
+    if protocol != kread::IPPROTO_TCP as u16 {
         return Ok(());
     }
     let old: i32 = field(ctx, config!(set_state.oldstate))?;
     let new: i32 = field(ctx, config!(set_state.newstate))?;
     let syn_sent = config!(values.tcp_syn_sent) as i32;
+    let closing = new == config!(values.tcp_close) as i32;
+    let skaddr: u64 = field(ctx, config!(set_state.tuple.skaddr))?;
     if new == syn_sent {
-        let skaddr: u64 = field(ctx, config!(set_state.tuple.skaddr))?;
         let owner = Owner {
             pid: (bpf_get_current_pid_tgid() >> 32) as u32,
             _pad: 0,
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
         };
-        let _ = CONNECTING.insert(&skaddr, &owner, 0);
+        let _ = CONNECTING.insert(skaddr, owner, 0);
         return Ok(());
     }
-    if new == config!(values.tcp_close) as i32 {
-        let skaddr: u64 = field(ctx, config!(set_state.tuple.skaddr))?;
-        let _ = ACTIVE.remove(&skaddr);
+    if closing {
+        let _ = ACTIVE.remove(skaddr);
     }
     if old != syn_sent {
         return Ok(());
     }
     let l = config!(set_state.tuple);
     let t = kread::tuple(ctx, &l)?;
-    let key64 = t.skaddr as u64;
     // SAFETY: the value is copied out at once; the LRU map may evict it later.
-    let owner = unsafe { CONNECTING.get(&key64) }.copied();
-    let _ = CONNECTING.remove(&key64);
-    if new != config!(values.tcp_close) as i32 {
+    let owner = unsafe { CONNECTING.get(skaddr) }.copied();
+    let _ = CONNECTING.remove(skaddr);
+    if !closing {
         // SYN_SENT -> ESTABLISHED: success; remember who initiated.
         if let Some(o) = owner {
-            let _ = ACTIVE.insert(&key64, &o, 0);
+            let _ = ACTIVE.insert(skaddr, o, 0);
         }
         return Ok(());
     }

@@ -38,7 +38,12 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Res<()> {
         return Ok(()); // not TCP: not ours to report.
     };
     let syn = p.tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK) == kread::TCP_FLAG_SYN;
+    if netfilter && !syn {
+        return Ok(());
+    }
+    let sk = kread::skb_sock(skb).unwrap_or(core::ptr::null());
     let mut rec = FailureRecord::zeroed();
+    rec.netns = kread::skb_any_netns(skb, sk)?;
     rec.family = p.family;
     rec.reason = reason;
     // The packet's sender initiated: a SYN's or a final ACK's source is the client.
@@ -47,23 +52,17 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Res<()> {
     rec.dst_addr = p.daddr;
     rec.dst_port = p.dport;
     if netfilter {
-        if !syn {
-            return Ok(());
-        }
         rec.action = if crate::reject::was_rejected(p.sport, p.dport) {
             Action::FirewallReject as u8
         } else {
             Action::FirewallDrop as u8
         };
-        let sk = kread::skb_sock(skb).unwrap_or(core::ptr::null());
         if !sk.is_null() {
             // Only locally generated packets carry their socket this early.
             rec.flags |= flags::OUTBOUND;
         }
-        rec.netns = kread::skb_any_netns(skb)?;
     } else {
         rec.action = Action::ListenOverflow as u8;
-        rec.netns = kread::skb_any_netns(skb).or_else(|_| kread::skb_netns(skb))?;
         let rx_sk: u64 = field(ctx, config!(kfree_skb.rx_sk)).unwrap_or(0);
         if rx_sk != 0 {
             if let Ok((len, max)) = kread::listener_queue(rx_sk as *const u8) {

@@ -68,11 +68,10 @@ pub fn skb_tcp_flags(skb: *const u8) -> Res<u8> {
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
-/// Network namespace of a packet: through its socket when it has one (the
-/// output path, before a device is set), else through its device.
+/// Network namespace of a packet: through its socket `sk` when it has one
+/// (the output path, before a device is set), else through its device.
 #[inline(always)]
-pub fn skb_any_netns(skb: *const u8) -> Res<u32> {
-    let sk: *const u8 = at(skb, config!(structs.skb_sk))?;
+pub fn skb_any_netns(skb: *const u8, sk: *const u8) -> Res<u32> {
     if sk.is_null() {
         skb_netns(skb)
     } else {
@@ -106,6 +105,51 @@ pub fn listener_syn_queue(sk: *const u8) -> Res<u32> {
     at(sk, config!(structs.icsk_syn_qlen))
 }
 
+pub const IPPROTO_TCP: u8 = 6;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+/// An IP header: its version, the protocol it carries and where that starts.
+pub struct Ip {
+    pub version: u8,
+    pub proto: u8,
+    pub l4: *const u8,
+}
+
+/// Reads the IP header at `ip` (kernel memory). IPv6 extension headers are
+/// not walked: `proto` is then the extension's, not TCP, and callers skip it.
+#[inline(always)]
+pub fn ip_header(ip: *const u8) -> Res<Ip> {
+    let first: u8 = at(ip, 0)?;
+    let version = first >> 4;
+    let (proto, l4_off) = match version {
+        4 => (at::<u8>(ip, 9)?, ((first & 0x0f) as usize) * 4),
+        6 => (at::<u8>(ip, 6)?, 40),
+        _ => return Err(-1),
+    };
+    // SAFETY: pointer arithmetic only; reads go through bpf_probe_read_kernel.
+    Ok(Ip { version, proto, l4: unsafe { ip.add(l4_off) } })
+}
+
+/// The network header of an skb: `head + network_header`.
+#[inline(always)]
+pub fn skb_network_header(skb: *const u8) -> Res<*const u8> {
+    let head: *const u8 = at(skb, config!(structs.skb_head))?;
+    let nh: u16 = at(skb, config!(structs.skb_network_header))?;
+    if nh == u16::MAX || head.is_null() {
+        return Err(-1);
+    }
+    // SAFETY: pointer arithmetic only; reads go through bpf_probe_read_kernel.
+    Ok(unsafe { head.add(nh as usize) })
+}
+
+/// Source and destination port of a TCP header (host order).
+#[inline(always)]
+pub fn tcp_ports(th: *const u8) -> Res<(u16, u16)> {
+    let p: [u8; 4] = at(th, 0)?;
+    Ok((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
+}
+
 /// The IP and TCP headers of a packet, parsed into a 4-tuple and TCP flags.
 pub struct Packet {
     pub family: u8,
@@ -116,54 +160,34 @@ pub struct Packet {
     pub tcp_flags: u8,
 }
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-
-/// Reads the network header of an skb (at `head + network_header`). Only
-/// TCP without IPv6 extension headers is parsed; anything else is Err.
+/// Parses a TCP packet of an skb whose `protocol` (ethertype) is given by
+/// the hook; anything but TCP over IPv4/IPv6 is Err.
 #[inline(always)]
 pub fn skb_packet(skb: *const u8, protocol: u16) -> Res<Packet> {
-    let head: *const u8 = at(skb, config!(structs.skb_head))?;
-    let nh: u16 = at(skb, config!(structs.skb_network_header))?;
-    if nh == u16::MAX || head.is_null() {
+    let ip = skb_network_header(skb)?;
+    let h = ip_header(ip)?;
+    let expected = match protocol {
+        ETH_P_IP => 4,
+        ETH_P_IPV6 => 6,
+        _ => return Err(-1),
+    };
+    if h.version != expected || h.proto != IPPROTO_TCP {
         return Err(-1);
     }
-    // SAFETY: pointer arithmetic only; every read below goes through
-    // bpf_probe_read_kernel, which fails cleanly on a bad address.
-    let ip = unsafe { head.add(nh as usize) };
     let mut p = Packet { family: 0, saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, tcp_flags: 0 };
-    let th: *const u8;
-    if protocol == ETH_P_IP {
-        let vihl: u8 = at(ip, 0)?;
-        let proto: u8 = at(ip, 9)?;
-        if vihl >> 4 != 4 || proto != IPPROTO_TCP {
-            return Err(-1);
-        }
+    if h.version == 4 {
         let s: [u8; 4] = at(ip, 12)?;
         let d: [u8; 4] = at(ip, 16)?;
         p.saddr[..4].copy_from_slice(&s);
         p.daddr[..4].copy_from_slice(&d);
         p.family = observer_common::record::AF_INET;
-        // SAFETY: as above, arithmetic only.
-        th = unsafe { ip.add(((vihl & 0x0f) as usize) * 4) };
-    } else if protocol == ETH_P_IPV6 {
-        let next: u8 = at(ip, 6)?;
-        if next != IPPROTO_TCP {
-            return Err(-1);
-        }
+    } else {
         p.saddr = at(ip, 8)?;
         p.daddr = at(ip, 24)?;
         p.family = observer_common::record::AF_INET6;
-        // SAFETY: as above, arithmetic only.
-        th = unsafe { ip.add(40) };
-    } else {
-        return Err(-1);
     }
-    let ports: [u8; 4] = at(th, 0)?;
-    p.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    p.dport = u16::from_be_bytes([ports[2], ports[3]]);
-    p.tcp_flags = at(th, 13)?;
+    (p.sport, p.dport) = tcp_ports(h.l4)?;
+    p.tcp_flags = at(h.l4, 13)?;
     Ok(p)
 }
 

@@ -28,7 +28,6 @@ use crate::{
 
 /// `BPF_TCP_LISTEN`: bpf_sock's state uses the UAPI enum, stable ABI.
 const BPF_TCP_LISTEN: u32 = 10;
-const IPPROTO_TCP: u32 = 6;
 
 #[cgroup_skb(ingress)]
 pub fn listener_ingress(ctx: SkBuffContext) -> i32 {
@@ -53,7 +52,7 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
     }
     // SAFETY: non-null result of bpf_sk_fullsock, readable by the verifier's rules.
     let (state, protocol, family) = unsafe { ((*full).state, (*full).protocol, (*full).family) };
-    if state != BPF_TCP_LISTEN || protocol != IPPROTO_TCP {
+    if state != BPF_TCP_LISTEN || protocol != kread::IPPROTO_TCP as u32 {
         return Ok(());
     }
     // Packet data starts at the IP header in cgroup_skb programs.
@@ -62,7 +61,7 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
         (((vihl & 0x0f) as usize) * 4, 12usize, 16usize, 4usize)
     } else if family == AF_INET6 as u32 {
         let next: u8 = ctx.load(6).map_err(|_| -1)?;
-        if next != IPPROTO_TCP as u8 {
+        if next != kread::IPPROTO_TCP {
             return Ok(());
         }
         (40, 8, 24, 16)

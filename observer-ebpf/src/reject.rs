@@ -9,10 +9,15 @@
 //! reject. The stack's own RSTs (tcp_send_reset) are never dropped by
 //! netfilter afterwards, so they cannot match.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::{map, tracepoint}, maps::PerCpuArray, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
 
 use crate::{
-    kread::{at, field, Res},
+    kread::{at, field, ip_header, skb_network_header, tcp_ports, Res, IPPROTO_TCP},
     maps::config,
 };
 
@@ -32,7 +37,6 @@ static REJECT_MARK: PerCpuArray<RejectMark> = PerCpuArray::with_max_entries(1, 0
 /// The answer and the drop happen in one call chain; allow for slow paths.
 const MAX_GAP_NS: u64 = 2_000_000;
 
-const IPPROTO_TCP: u8 = 6;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 const TCP_FLAG_RST: u8 = 0x04;
@@ -46,7 +50,10 @@ pub fn was_rejected(client_port: u16, server_port: u16) -> bool {
     let m = unsafe { *p };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    m.ts_ns != 0 && now.wrapping_sub(m.ts_ns) < MAX_GAP_NS && m.client_port == client_port && m.server_port == server_port
+    m.ts_ns != 0
+        && now.wrapping_sub(m.ts_ns) < MAX_GAP_NS
+        && m.client_port == client_port
+        && m.server_port == server_port
 }
 
 #[tracepoint]
@@ -55,58 +62,30 @@ pub fn net_dev_queue(ctx: TracePointContext) -> u32 {
     0
 }
 
-fn ports(th: *const u8) -> Res<(u16, u16)> {
-    let p: [u8; 4] = at(th, 0)?;
-    Ok((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
-}
-
 fn try_net_dev_queue(ctx: &TracePointContext) -> Res<()> {
     let skb: u64 = field(ctx, config!(dev_queue_skbaddr))?;
-    let skb = skb as *const u8;
-    let head: *const u8 = at(skb, config!(structs.skb_head))?;
-    let nh: u16 = at(skb, config!(structs.skb_network_header))?;
-    // SAFETY: arithmetic only; reads go through bpf_probe_read_kernel.
-    let ip = unsafe { head.add(nh as usize) };
-    let first: u8 = at(ip, 0)?;
-    let (proto, l4) = match first >> 4 {
-        // SAFETY: arithmetic only.
-        4 => (at::<u8>(ip, 9)?, unsafe { ip.add(((first & 0x0f) as usize) * 4) }),
-        // SAFETY: arithmetic only.
-        6 => (at::<u8>(ip, 6)?, unsafe { ip.add(40) }),
-        _ => return Ok(()),
-    };
-    let (client_port, server_port) = if proto == IPPROTO_TCP {
-        let flags: u8 = at(l4, 13)?;
+    let outer = ip_header(skb_network_header(skb as *const u8)?)?;
+    let (client_port, server_port) = if outer.proto == IPPROTO_TCP {
+        let flags: u8 = at(outer.l4, 13)?;
         if flags & TCP_FLAG_RST == 0 {
             return Ok(());
         }
         // The RST goes from the server back to the client.
-        let (sport, dport) = ports(l4)?;
+        let (sport, dport) = tcp_ports(outer.l4)?;
         (dport, sport)
-    } else if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
-        let ty: u8 = at(l4, 0)?;
+    } else if outer.proto == IPPROTO_ICMP || outer.proto == IPPROTO_ICMPV6 {
+        let ty: u8 = at(outer.l4, 0)?;
         // Destination unreachable: 3 in ICMP, 1 in ICMPv6.
-        if !((proto == IPPROTO_ICMP && ty == 3) || (proto == IPPROTO_ICMPV6 && ty == 1)) {
+        if !((outer.proto == IPPROTO_ICMP && ty == 3) || (outer.proto == IPPROTO_ICMPV6 && ty == 1)) {
             return Ok(());
         }
-        // SAFETY: arithmetic only.
-        let inner = unsafe { l4.add(8) };
-        let inner_first: u8 = at(inner, 0)?;
-        let inner_th = if proto == IPPROTO_ICMP {
-            if at::<u8>(inner, 9)? != IPPROTO_TCP {
-                return Ok(());
-            }
-            // SAFETY: arithmetic only.
-            unsafe { inner.add(((inner_first & 0x0f) as usize) * 4) }
-        } else {
-            if at::<u8>(inner, 6)? != IPPROTO_TCP {
-                return Ok(());
-            }
-            // SAFETY: arithmetic only.
-            unsafe { inner.add(40) }
-        };
+        // SAFETY: arithmetic only; reads go through bpf_probe_read_kernel.
+        let quoted = ip_header(unsafe { outer.l4.add(8) })?;
+        if quoted.proto != IPPROTO_TCP {
+            return Ok(());
+        }
         // The quoted packet is the client's SYN itself.
-        ports(inner_th)?
+        tcp_ports(quoted.l4)?
     } else {
         return Ok(());
     };

@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use observer_common::config::{KernelConfig, TupleLayout};
 
-use super::{btf::KernelBtf, tracefs::Tracefs};
+use super::{
+    btf::KernelBtf,
+    tracefs::{Format, Tracefs},
+};
 use crate::hooks::Hook;
 
 /// Kernel name tables used to turn numbers back into names.
@@ -32,18 +35,41 @@ pub struct KernelLayout {
     pub btf: Result<(), String>,
 }
 
-fn tuple(f: &super::tracefs::Format) -> Result<TupleLayout, String> {
-    let o = |name: &str, size| f.offset(name, Some(size)).map_err(|e| e.to_string());
+/// A field offset, with its size checked, as a message for the hook table.
+fn off(f: &Format, name: &str, size: usize) -> Result<u16, String> {
+    f.offset(name, Some(size)).map_err(|e| e.to_string())
+}
+
+/// The number the kernel's table gives `name`.
+fn value_of(table: &HashMap<u64, String>, name: &str) -> Option<u32> {
+    table.iter().find(|(_, v)| *v == name).and_then(|(k, _)| u32::try_from(*k).ok())
+}
+
+fn tuple(f: &Format) -> Result<TupleLayout, String> {
     Ok(TupleLayout {
-        skaddr: o("skaddr", 8)?,
-        sport: o("sport", 2)?,
-        dport: o("dport", 2)?,
-        family: o("family", 2)?,
-        saddr: o("saddr", 4)?,
-        daddr: o("daddr", 4)?,
-        saddr_v6: o("saddr_v6", 16)?,
-        daddr_v6: o("daddr_v6", 16)?,
+        skaddr: off(f, "skaddr", 8)?,
+        sport: off(f, "sport", 2)?,
+        dport: off(f, "dport", 2)?,
+        family: off(f, "family", 2)?,
+        saddr: off(f, "saddr", 4)?,
+        daddr: off(f, "daddr", 4)?,
+        saddr_v6: off(f, "saddr_v6", 16)?,
+        daddr_v6: off(f, "daddr_v6", 16)?,
     })
+}
+
+/// Reads tracepoint `category:name` with `read`; a missing tracepoint, or
+/// whatever `read` finds missing, makes `hook` unavailable with that reason.
+fn with_format(
+    tracefs: &Tracefs,
+    (category, name): (&str, &str),
+    hook: Hook,
+    unavailable: &mut BTreeMap<Hook, String>,
+    read: impl FnOnce(&Format) -> Result<(), String>,
+) {
+    if let Err(e) = tracefs.format(category, name).map_err(|e| e.to_string()).and_then(|f| read(&f)) {
+        unavailable.insert(hook, e);
+    }
 }
 
 impl KernelLayout {
@@ -96,34 +122,23 @@ impl KernelLayout {
             }
         };
 
-        // tcp:tcp_send_reset
-        match tracefs.format("tcp", "tcp_send_reset") {
-            Ok(f) => {
-                let r = (|| -> Result<(), String> {
-                    let o = |name: &str, size| f.offset(name, Some(size)).map_err(|e| e.to_string());
-                    let l = &mut config.send_reset;
-                    l.skbaddr = o("skbaddr", 8)?;
-                    l.skaddr = o("skaddr", 8)?;
-                    l.state = o("state", 4)?;
-                    l.reason = o("reason", 4)?;
-                    l.saddr = o("saddr", 28)?;
-                    l.daddr = o("daddr", 28)?;
-                    Ok(())
-                })();
-                if let Err(e) = r {
-                    unavailable.insert(Hook::TcpSendReset, e);
-                }
-                if let Some(t) = f.table_with("NO_SOCKET") {
-                    names.rst_reasons = t;
-                }
-                if let Some(t) = f.table_with("TCP_LISTEN") {
-                    names.tcp_states = t;
-                }
+        with_format(tracefs, ("tcp", "tcp_send_reset"), Hook::TcpSendReset, &mut unavailable, |f| {
+            // Name tables first: the decoder uses them even if a field is off.
+            if let Some(t) = f.table_with("NO_SOCKET") {
+                names.rst_reasons = t;
             }
-            Err(e) => {
-                unavailable.insert(Hook::TcpSendReset, e.to_string());
+            if let Some(t) = f.table_with("TCP_LISTEN") {
+                names.tcp_states = t;
             }
-        }
+            let l = &mut config.send_reset;
+            l.skbaddr = off(f, "skbaddr", 8)?;
+            l.skaddr = off(f, "skaddr", 8)?;
+            l.state = off(f, "state", 4)?;
+            l.reason = off(f, "reason", 4)?;
+            l.saddr = off(f, "saddr", 28)?;
+            l.daddr = off(f, "daddr", 28)?;
+            Ok(())
+        });
         need(
             Hook::TcpSendReset,
             &["skb_dev", "dev_nd_net", "net_ns_inum", "sk_net", "skb_head", "skb_transport_header"],
@@ -131,102 +146,60 @@ impl KernelLayout {
         );
 
         // The 4-tuple tracepoints.
-        for (hook, category, name, slot) in [
-            (Hook::TcpReceiveReset, "tcp", "tcp_receive_reset", &mut config.receive_reset),
-            (Hook::TcpRetransmitSynack, "tcp", "tcp_retransmit_synack", &mut config.retransmit_synack),
-        ] {
-            match tracefs.format(category, name).map_err(|e| e.to_string()).and_then(|f| tuple(&f)) {
-                Ok(t) => *slot = t,
-                Err(e) => {
-                    unavailable.insert(hook, e);
-                }
-            }
+        with_format(tracefs, ("tcp", "tcp_receive_reset"), Hook::TcpReceiveReset, &mut unavailable, |f| {
+            config.receive_reset = tuple(f)?;
+            Ok(())
+        });
+        with_format(tracefs, ("tcp", "tcp_retransmit_synack"), Hook::TcpRetransmitSynack, &mut unavailable, |f| {
+            config.retransmit_synack = tuple(f)?;
+            Ok(())
+        });
+        for hook in [Hook::TcpReceiveReset, Hook::TcpRetransmitSynack] {
             need(hook, &["sk_net", "net_ns_inum", "sk_state"], &mut unavailable);
         }
 
-        // sock:inet_sock_set_state
-        match tracefs.format("sock", "inet_sock_set_state") {
-            Ok(f) => {
-                let r = (|| -> Result<(), String> {
-                    let o = |name: &str, size| f.offset(name, Some(size)).map_err(|e| e.to_string());
-                    config.set_state.tuple = tuple(&f)?;
-                    config.set_state.oldstate = o("oldstate", 4)?;
-                    config.set_state.newstate = o("newstate", 4)?;
-                    config.set_state.protocol = o("protocol", 2)?;
-                    Ok(())
-                })();
-                if let Err(e) = r {
-                    unavailable.insert(Hook::InetSockSetState, e);
-                }
-                let states = f.table_with("TCP_SYN_SENT").unwrap_or_default();
-                let find = |n: &str| states.iter().find(|(_, v)| *v == n).map(|(k, _)| *k as u32);
-                match (find("TCP_SYN_SENT"), find("TCP_CLOSE"), find("TCP_LISTEN"), find("TCP_ESTABLISHED")) {
-                    (Some(a), Some(b), Some(c), Some(d)) => {
-                        config.values.tcp_syn_sent = a;
-                        config.values.tcp_close = b;
-                        config.values.tcp_listen = c;
-                        config.values.tcp_established = d;
-                    }
-                    _ => {
-                        unavailable
-                            .entry(Hook::InetSockSetState)
-                            .or_insert_with(|| "no TCP state table in inet_sock_set_state's print fmt".into());
-                    }
-                }
+        with_format(tracefs, ("sock", "inet_sock_set_state"), Hook::InetSockSetState, &mut unavailable, |f| {
+            // The state values first: tcp_receive_reset uses them too.
+            let states = f.table_with("TCP_SYN_SENT").unwrap_or_default();
+            let found = (value_of(&states, "TCP_SYN_SENT"), value_of(&states, "TCP_CLOSE"));
+            if let (Some(syn_sent), Some(close)) = found {
+                config.values.tcp_syn_sent = syn_sent;
+                config.values.tcp_close = close;
             }
-            Err(e) => {
-                unavailable.insert(Hook::InetSockSetState, e.to_string());
+            config.set_state.tuple = tuple(f)?;
+            config.set_state.oldstate = off(f, "oldstate", 4)?;
+            config.set_state.newstate = off(f, "newstate", 4)?;
+            config.set_state.protocol = off(f, "protocol", 2)?;
+            match found {
+                (Some(_), Some(_)) => Ok(()),
+                _ => Err("no TCP state table in inet_sock_set_state's print fmt".into()),
             }
-        }
+        });
         need(Hook::InetSockSetState, &["sk_net", "net_ns_inum", "sk_err"], &mut unavailable);
 
-        // skb:kfree_skb
-        match tracefs.format("skb", "kfree_skb") {
-            Ok(f) => {
-                let r = (|| -> Result<(), String> {
-                    let o = |name: &str, size| f.offset(name, Some(size)).map_err(|e| e.to_string());
-                    config.kfree_skb.skbaddr = o("skbaddr", 8)?;
-                    config.kfree_skb.protocol = o("protocol", 2)?;
-                    config.kfree_skb.reason = o("reason", 4)?;
-                    // Optional: only used to attribute final-ACK overflows to the listener.
-                    config.kfree_skb.rx_sk = o("rx_sk", 8).unwrap_or(observer_common::config::UNSET);
-                    Ok(())
-                })();
-                if let Err(e) = r {
-                    unavailable.insert(Hook::KfreeSkb, e);
-                }
-                match f.table_with("NETFILTER_DROP") {
-                    Some(t) => {
-                        let find = |n: &str| t.iter().find(|(_, v)| *v == n).map(|(k, _)| *k as u32);
-                        config.values.drop_netfilter = find("NETFILTER_DROP").unwrap_or(u32::MAX);
-                        config.values.drop_listen_overflow = find("TCP_LISTEN_OVERFLOW").unwrap_or(u32::MAX);
-                        names.drop_reasons = t;
-                    }
-                    None => {
-                        unavailable
-                            .entry(Hook::KfreeSkb)
-                            .or_insert_with(|| "kfree_skb has no drop reason table (kernel older than 5.17)".into());
-                    }
-                }
-            }
-            Err(e) => {
-                unavailable.insert(Hook::KfreeSkb, e.to_string());
-            }
-        }
+        with_format(tracefs, ("skb", "kfree_skb"), Hook::KfreeSkb, &mut unavailable, |f| {
+            config.kfree_skb.skbaddr = off(f, "skbaddr", 8)?;
+            config.kfree_skb.protocol = off(f, "protocol", 2)?;
+            config.kfree_skb.reason = off(f, "reason", 4)?;
+            // Optional: only used to attribute final-ACK overflows to the listener.
+            config.kfree_skb.rx_sk = off(f, "rx_sk", 8).unwrap_or(observer_common::config::UNSET);
+            let t =
+                f.table_with("NETFILTER_DROP").ok_or("kfree_skb has no drop reason table (kernel older than 5.17)")?;
+            config.values.drop_netfilter = value_of(&t, "NETFILTER_DROP").unwrap_or(u32::MAX);
+            config.values.drop_listen_overflow = value_of(&t, "TCP_LISTEN_OVERFLOW").unwrap_or(u32::MAX);
+            names.drop_reasons = t;
+            Ok(())
+        });
         need(
             Hook::KfreeSkb,
             &["skb_dev", "dev_nd_net", "net_ns_inum", "skb_head", "skb_network_header", "skb_sk", "sk_net"],
             &mut unavailable,
         );
-        // net:net_dev_queue
-        match tracefs.format("net", "net_dev_queue").map_err(|e| e.to_string()).and_then(|f| {
-            f.offset("skbaddr", Some(8)).map_err(|e| e.to_string())
-        }) {
-            Ok(off) => config.dev_queue_skbaddr = off,
-            Err(e) => {
-                unavailable.insert(Hook::NetDevQueue, e);
-            }
-        }
+
+        with_format(tracefs, ("net", "net_dev_queue"), Hook::NetDevQueue, &mut unavailable, |f| {
+            config.dev_queue_skbaddr = off(f, "skbaddr", 8)?;
+            Ok(())
+        });
         need(Hook::NetDevQueue, &["skb_head", "skb_network_header"], &mut unavailable);
         if unavailable.contains_key(&Hook::KfreeSkb) {
             // The reject marker is only read by kfree_skb.
