@@ -7,6 +7,7 @@ use aya_ebpf::{
 use observer_common::{config::KernelConfig, counter::SamplerState, CountKey};
 
 /// Layouts and values of the running kernel, written by the daemon before load.
+// SAFETY: the symbol name is unique in the object; aya finds the global by it.
 #[unsafe(no_mangle)]
 pub static CONFIG: KernelConfig = KernelConfig::UNSET;
 

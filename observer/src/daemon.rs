@@ -80,29 +80,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let sink_stats = stats.clone();
     let sink_task = tokio::spawn(async move {
         let mut warned = false;
-        while let Some(event) = rx.recv().await {
-            let mut result = sink.write(&event);
-            // Write what is already queued before flushing: one flush per burst.
-            while result.is_ok() {
-                match rx.try_recv() {
-                    Ok(next) => result = sink.write(&next),
-                    Err(_) => break,
+        let mut report = |result: std::io::Result<()>, path: &std::path::Path| match result {
+            Ok(()) => warned = false,
+            Err(e) => {
+                Stats::inc(&sink_stats.write_errors);
+                if !warned {
+                    warn!("writing {}: {e}", path.display());
+                    warned = true;
                 }
             }
-            result = result.and_then(|_| sink.flush());
-            match result {
-                Ok(()) => {
+        };
+        while let Some(first) = rx.recv().await {
+            // Write what is already queued, then flush once per burst.
+            let mut next = Some(first);
+            while let Some(event) = next.take() {
+                let result = sink.write(&event);
+                if result.is_ok() {
                     Stats::inc(&sink_stats.written);
-                    warned = false;
                 }
-                Err(e) => {
-                    Stats::inc(&sink_stats.write_errors);
-                    if !warned {
-                        warn!("writing {}: {e}", sink.path().display());
-                        warned = true;
-                    }
-                }
+                report(result, sink.path());
+                next = rx.try_recv().ok();
             }
+            let result = sink.flush();
+            report(result, sink.path());
         }
         if let Err(e) = sink.sync() {
             warn!("syncing {}: {e}", sink.path().display());
