@@ -32,6 +32,28 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Print the default configuration, every option documented.
     Config,
+    /// Build every failure the observer diagnoses for real, in network
+    /// namespaces, and show the diagnosis produced next to the one expected.
+    Lab(LabArgs),
+    /// A lab stand-in server or client (used by `observer lab`).
+    #[command(hide = true)]
+    LabPeer(crate::lab::peer::PeerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Run only this scenario (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub only: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,8 @@ pub enum ConfigError {
 pub struct Config {
     pub daemon: DaemonConfig,
     pub capture: CaptureConfig,
+    pub diagnosis: DiagnosisConfig,
+    pub enrich: EnrichConfig,
     pub kernel: KernelPaths,
 }
 
@@ -48,6 +50,75 @@ pub struct CaptureConfig {
     pub counter_entries: u32,
     /// Hooks not to attach, by name (see `observer doctor`).
     pub disable_hooks: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiagnosisConfig {
+    /// Sliding window over which failures are counted, in seconds.
+    pub window_secs: u64,
+    /// Failures within the window that open a diagnosis.
+    pub min_failures: u64,
+    /// Least time between two updates of an open diagnosis, in seconds.
+    pub update_interval_secs: u64,
+    /// Quiet time after which a diagnosis is resolved, in seconds.
+    pub resolve_after_secs: u64,
+    /// An open diagnosis escalates once when its window count reaches this
+    /// many times the count it opened with (0: never).
+    pub escalate_factor: u64,
+    /// Distinct ports one source fails on within the window that make it a
+    /// port scan (0: no scan detection).
+    pub scan_ports: usize,
+    /// Endpoints (netns, kind, address, port) tracked at once; least
+    /// recently failing ones are forgotten beyond it.
+    pub max_endpoints: usize,
+    /// Distinct clients remembered per endpoint (counts stay exact).
+    pub max_clients: usize,
+    /// Sources tracked for scan detection.
+    pub max_scan_sources: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// The nft binary, for firewall rules.
+    pub nft: String,
+    /// How often every namespace's listeners are polled into the history, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// How old a namespace's listeners, sysctls and ruleset may be when a diagnosis reuses them.
+    pub snapshot_max_age_ms: u64,
+    /// How long a listener that went away is remembered, in seconds.
+    pub listener_history_secs: u64,
+    /// Listeners remembered at most (oldest forgotten first).
+    pub max_listener_history: usize,
+}
+
+impl Default for DiagnosisConfig {
+    fn default() -> Self {
+        DiagnosisConfig {
+            window_secs: 60,
+            min_failures: 3,
+            update_interval_secs: 5,
+            resolve_after_secs: 120,
+            escalate_factor: 10,
+            scan_ports: 10,
+            max_endpoints: 10_000,
+            max_clients: 1024,
+            max_scan_sources: 16_384,
+        }
+    }
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        EnrichConfig {
+            nft: "nft".to_owned(),
+            poll_interval_ms: 2000,
+            snapshot_max_age_ms: 1000,
+            listener_history_secs: 3600,
+            max_listener_history: 4096,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -117,6 +188,19 @@ impl Config {
         if self.capture.counter_entries == 0 {
             return Err("capture.counter_entries must be at least 1".into());
         }
+        let d = &self.diagnosis;
+        if d.window_secs == 0 || d.window_secs > 3600 {
+            return Err(format!("diagnosis.window_secs = {}: must be 1 to 3600", d.window_secs));
+        }
+        if d.min_failures == 0 {
+            return Err("diagnosis.min_failures must be at least 1".into());
+        }
+        if d.max_endpoints == 0 || d.max_clients == 0 || d.max_scan_sources == 0 {
+            return Err("diagnosis.max_endpoints, max_clients and max_scan_sources must be at least 1".into());
+        }
+        if self.enrich.poll_interval_ms < 100 {
+            return Err(format!("enrich.poll_interval_ms = {}: must be at least 100", self.enrich.poll_interval_ms));
+        }
         self.disabled_hooks().map(|_| ())
     }
 
@@ -155,6 +239,41 @@ counter_entries = {ce}
 # Hooks not to attach, by name: {hooks}.
 disable_hooks = []
 
+[diagnosis]
+# Sliding window over which failures are counted, in seconds (1 to 3600).
+window_secs = {window}
+# Failures of one endpoint within the window that open a diagnosis. A port
+# scan's single SYN per port stays below it.
+min_failures = {minf}
+# Least time between two updates (same id, new counts) of an open diagnosis.
+update_interval_secs = {upd}
+# Quiet time after which a diagnosis is resolved.
+resolve_after_secs = {resolve}
+# An open diagnosis escalates once when its window count reaches this many
+# times the count it opened with (0: never). Alerts fire on open and escalate.
+escalate_factor = {esc}
+# Distinct ports one source fails on within the window that make it a
+# port scan, reported as port_scan instead of outages (0: off).
+scan_ports = {scan}
+# Memory bounds: endpoints tracked at once (least recently failing are
+# forgotten), distinct clients remembered per endpoint, sources tracked for
+# scan detection.
+max_endpoints = {maxe}
+max_clients = {maxc}
+max_scan_sources = {maxs}
+
+[enrich]
+# The nft binary: diagnoses name the nftables rule that drops or rejects.
+nft = {nft:?}
+# How often every network namespace's listeners are polled, so that a
+# listener that goes away is remembered with its process (milliseconds).
+poll_interval_ms = {poll}
+# How old listeners, sysctls and rulesets may be when reused (milliseconds).
+snapshot_max_age_ms = {age}
+# How long, and how many, listeners that went away are remembered.
+listener_history_secs = {hist}
+max_listener_history = {maxh}
+
 [kernel]
 # tracefs; mounted here when absent.
 tracefs = {tracefs:?}
@@ -170,6 +289,20 @@ cgroup_root = ""
             sps = d.capture.samples_per_sec,
             ce = d.capture.counter_entries,
             hooks = crate::hooks::HOOKS.iter().map(|h| h.program).collect::<Vec<_>>().join(", "),
+            window = d.diagnosis.window_secs,
+            minf = d.diagnosis.min_failures,
+            upd = d.diagnosis.update_interval_secs,
+            resolve = d.diagnosis.resolve_after_secs,
+            esc = d.diagnosis.escalate_factor,
+            scan = d.diagnosis.scan_ports,
+            maxe = d.diagnosis.max_endpoints,
+            maxc = d.diagnosis.max_clients,
+            maxs = d.diagnosis.max_scan_sources,
+            nft = d.enrich.nft,
+            poll = d.enrich.poll_interval_ms,
+            age = d.enrich.snapshot_max_age_ms,
+            hist = d.enrich.listener_history_secs,
+            maxh = d.enrich.max_listener_history,
             tracefs = d.kernel.tracefs.display().to_string(),
             btf = d.kernel.btf.display().to_string(),
         )

@@ -1,10 +1,11 @@
 //! `observer run`: wires the stages together and owns their lifetimes.
 //!
-//! capture (ring buffer) -> decode -> sinks, one direction. Shutdown on
+//! capture (ring buffer) -> decode -> diagnose (+ enrich) -> sinks, one
+//! direction, each stage a task joined by channels. Shutdown on
 //! SIGINT/SIGTERM: stop reading, drain what the kernel already submitted,
 //! detach the programs, fsync the log.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context as _};
 use aya::maps::RingBuf;
@@ -18,11 +19,12 @@ use crate::{
     capture::Capture,
     config::Config,
     decode::{Clock, Decoder},
+    diagnose::Diagnoser,
     event::FailureEvent,
     hooks::{self, HookState},
     kernel::{layout::KernelLayout, tracefs::Tracefs},
     privilege,
-    sink::ndjson::NdjsonSink,
+    sink::{ndjson::NdjsonSink, Record},
     stats::Stats,
 };
 
@@ -74,8 +76,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("opening the JSON log {}", config.daemon.json_log.display()))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (tx, mut rx) = mpsc::channel::<FailureEvent>(4096);
+    let (tx, events) = mpsc::channel::<FailureEvent>(4096);
     let capture_task = tokio::spawn(capture.run(tx, shutdown_rx));
+    let (records_tx, mut rx) = mpsc::channel::<Record>(4096);
+    let diagnoser = Diagnoser::new(config.diagnosis.clone(), &config.enrich);
+    let poll_every = Duration::from_millis(config.enrich.poll_interval_ms);
+    let poller = tokio::spawn(diagnoser.poller(poll_every));
+    let diagnose_task = tokio::spawn(diagnose(diagnoser, events, records_tx));
 
     let sink_stats = stats.clone();
     let sink_task = tokio::spawn(async move {
@@ -93,8 +100,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         while let Some(first) = rx.recv().await {
             // Write what is already queued, then flush once per burst.
             let mut next = Some(first);
-            while let Some(event) = next.take() {
-                let result = sink.write(&event);
+            while let Some(record) = next.take() {
+                let result = sink.write(&record);
                 if result.is_ok() {
                     Stats::inc(&sink_stats.written);
                 }
@@ -118,8 +125,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
     let _ = shutdown_tx.send(true);
+    poller.abort();
     if let Err(e) = capture_task.await {
         warn!("capture task ended abnormally: {e}");
+    }
+    if let Err(e) = diagnose_task.await {
+        warn!("diagnose task ended abnormally: {e}");
     }
     // Programs are detached when the object is dropped.
     drop(ebpf);
@@ -133,4 +144,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Stats::get(&stats.write_errors)
     );
     Ok(())
+}
+
+/// The diagnose stage: forwards every failure event to the sinks, feeds
+/// the engine, and writes what is due after each burst and every second
+/// (updates and resolutions happen without new events).
+async fn diagnose(mut diagnoser: Diagnoser, mut events: mpsc::Receiver<FailureEvent>, out: mpsc::Sender<Record>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(first) = event else { break };
+                let mut next = Some(first);
+                while let Some(e) = next.take() {
+                    diagnoser.observe(&e);
+                    if out.send(Record::Failure(e)).await.is_err() {
+                        return;
+                    }
+                    next = events.try_recv().ok();
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        for d in diagnoser.due().await {
+            if out.send(Record::Diagnosis(Box::new(d))).await.is_err() {
+                return;
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use observer::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, Format},
     config::Config,
     daemon, doctor,
     privilege::MissingCapability,
@@ -59,5 +59,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", Config::documented_defaults());
             Ok(())
         }
+        Command::Lab(args) => {
+            let opts = observer::lab::Options { only: args.only, config: cli.global.config };
+            let outcomes = observer::lab::run(&opts)?;
+            match args.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&outcomes)?),
+                Format::Table => observer::lab::print(&outcomes),
+            }
+            let failed = outcomes.iter().filter(|o| !o.pass).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} lab scenarios failed", outcomes.len());
+            }
+            Ok(())
+        }
+        Command::LabPeer(args) => observer::lab::peer::run(args),
     }
 }

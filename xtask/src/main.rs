@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask setup | test | run`.
+//! Developer and CI tasks: `cargo xtask setup | test | run | lab`.
 //!
 //! Everything a fresh machine needs is installed from here, idempotently, so
 //! that the README's two commands work on a machine nobody touched by hand.
@@ -33,6 +33,13 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and run the scenario lab: every failure the observer
+    /// diagnoses, built for real in network namespaces (as root).
+    Lab {
+        /// Arguments for `observer lab` (e.g. `--only no_listener`, `--format json`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,11 +63,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             status(Command::new("cargo").args(["nextest", "run", "--no-fail-fast", "--cargo-quiet"]).args(&args))
         }
-        Task::Run { args } => {
-            setup::run()?;
-            status(Command::new("cargo").args(["run", "--release", "-p", "observer", "--", "run"]).args(&args))
-        }
+        Task::Run { args } => observer(&["run"], &args),
+        Task::Lab { args } => observer(&["lab"], &args),
     }
+}
+
+/// Set up, then `observer <command> <args>` from a release build.
+fn observer(command: &[&str], args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    status(Command::new("cargo").args(["run", "--release", "-p", "observer", "--"]).args(command).args(args))
 }
 
 fn nix_is_root() -> bool {

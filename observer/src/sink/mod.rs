@@ -1,3 +1,16 @@
 //! Sinks: where events and diagnoses leave the daemon.
 
 pub mod ndjson;
+
+use serde::Serialize;
+
+use crate::{diagnose::record::DiagnosisRecord, event::FailureEvent};
+
+/// One line of output: the contract's two record types share the log and
+/// are told apart by `event.dataset`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Record {
+    Failure(FailureEvent),
+    Diagnosis(Box<DiagnosisRecord>),
+}
