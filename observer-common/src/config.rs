@@ -77,6 +77,21 @@ pub struct KfreeSkbLayout {
     pub rx_sk: u16,
 }
 
+/// syscalls:sys_enter_connect and syscalls:sys_exit_connect. The syscall
+/// tracepoints store every argument in an 8-byte slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysConnectLayout {
+    /// sys_enter_connect `fd`
+    pub fd: u16,
+    /// sys_enter_connect `uservaddr` (a user pointer)
+    pub uservaddr: u16,
+    /// sys_enter_connect `addrlen`
+    pub addrlen: u16,
+    /// sys_exit_connect `ret`
+    pub ret: u16,
+}
+
 /// Member offsets (bytes from the start of the named struct) from BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +122,39 @@ pub struct StructOffsets {
     pub sk_state: u16,
     /// `sk_buff.sk`
     pub skb_sk: u16,
+    /// `sock.sk_err_soft`
+    pub sk_err_soft: u16,
+    /// `sock.sk_error_queue.qlen`
+    pub sk_errq_len: u16,
+    /// `sock.sk_error_queue.next` (the oldest queued error)
+    pub sk_errq_next: u16,
+    /// `sk_buff.cb` + `sock_exterr_skb.ee`: the queued error's
+    /// `struct sock_extended_err` (UAPI: errno, then origin)
+    pub skb_ee: u16,
+    /// `sock.sk_protocol` (u16 since 5.6; a bitfield before)
+    pub sk_protocol: u16,
+    /// `sock.__sk_common.skc_rcv_saddr` (IPv4 local address)
+    pub sk_rcv_saddr: u16,
+    /// `sock.__sk_common.skc_v6_rcv_saddr` (IPv6 local address)
+    pub sk_v6_rcv_saddr: u16,
+    /// `sock.__sk_common.skc_num` (local port, host order)
+    pub sk_num: u16,
+    /// `task_struct.files`
+    pub task_files: u16,
+    /// `files_struct.fdt`
+    pub files_fdt: u16,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u16,
+    /// `fdtable.fd` (the `struct file *` array)
+    pub fdt_fd: u16,
+    /// `file.private_data` (a socket file's `struct socket *`)
+    pub file_private_data: u16,
+    /// `socket.type` (SOCK_STREAM, ...)
+    pub socket_type: u16,
+    /// `socket.sk`
+    pub socket_sk: u16,
+    /// `socket.file` (points back at the file: proves it is a socket)
+    pub socket_file: u16,
     pub _pad: [u16; 3],
 }
 
@@ -125,6 +173,22 @@ impl StructOffsets {
         icsk_syn_qlen: UNSET,
         sk_state: UNSET,
         skb_sk: UNSET,
+        sk_err_soft: UNSET,
+        sk_errq_len: UNSET,
+        sk_errq_next: UNSET,
+        skb_ee: UNSET,
+        sk_protocol: UNSET,
+        sk_rcv_saddr: UNSET,
+        sk_v6_rcv_saddr: UNSET,
+        sk_num: UNSET,
+        task_files: UNSET,
+        files_fdt: UNSET,
+        fdt_max_fds: UNSET,
+        fdt_fd: UNSET,
+        file_private_data: UNSET,
+        socket_type: UNSET,
+        socket_sk: UNSET,
+        socket_file: UNSET,
         _pad: [0; 3],
     };
 }
@@ -154,6 +218,7 @@ pub struct KernelConfig {
     pub retransmit_synack: TupleLayout,
     pub set_state: SetStateLayout,
     pub kfree_skb: KfreeSkbLayout,
+    pub sys_connect: SysConnectLayout,
     pub structs: StructOffsets,
     pub values: KernelValues,
     /// Sampled events per second per key and CPU; beyond it only counters move.
@@ -185,6 +250,7 @@ impl KernelConfig {
             _pad: 0,
         },
         kfree_skb: KfreeSkbLayout { skbaddr: UNSET, protocol: UNSET, reason: UNSET, rx_sk: UNSET },
+        sys_connect: SysConnectLayout { fd: UNSET, uservaddr: UNSET, addrlen: UNSET, ret: UNSET },
         structs: StructOffsets::UNSET,
         values: KernelValues {
             drop_netfilter: u32::MAX,

@@ -5,6 +5,13 @@
 //! with `sk_err` already set. That moment runs in softirq or timer context,
 //! so the connecting process is remembered at CLOSE -> SYN_SENT, which runs
 //! in connect() itself.
+//!
+//! A socket the application closes in SYN_SENT with `sk_err` 0 failed too
+//! when the kernel kept a soft ICMP error for it (see `kread::soft_error`):
+//! a non-blocking connect() on IPv4 loopback returns EINPROGRESS, the ICMP
+//! arrives while connect() still holds the socket, and the application
+//! learns EHOSTUNREACH from SO_ERROR, then closes. How this path and
+//! `sysconnect` report each failed connect() once is described there.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
@@ -18,13 +25,15 @@ use crate::{
     emit,
     kread::{self, field, Res},
     maps::config,
+    sysconnect,
 };
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Owner {
     pub pid: u32,
-    pub _pad: u32,
+    /// The thread that called connect(): its pid_tgid is `pid << 32 | tid`.
+    pub tid: u32,
     pub comm: [u8; 16],
 }
 
@@ -63,12 +72,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     let syn_sent = config!(values.tcp_syn_sent) as i32;
     let closing = new == config!(values.tcp_close) as i32;
     let skaddr: u64 = field(ctx, config!(set_state.tuple.skaddr))?;
+    let current = bpf_get_current_pid_tgid();
     if new == syn_sent {
-        let owner = Owner {
-            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-            _pad: 0,
-            comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        };
+        let owner =
+            Owner { pid: (current >> 32) as u32, tid: current as u32, comm: bpf_get_current_comm().unwrap_or([0; 16]) };
         let _ = CONNECTING.insert(skaddr, owner, 0);
         return Ok(());
     }
@@ -90,15 +97,27 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
         }
         return Ok(());
     }
-    let err: i32 = kread::at(t.skaddr, config!(structs.sk_err))?;
-    if err == 0 {
-        return Ok(()); // closed by the application before an answer: not a failure.
-    }
+    let hard: i32 = kread::at(t.skaddr, config!(structs.sk_err))?;
+    let err = if hard > 0 {
+        hard as u32
+    } else if sysconnect::in_connect(current, t.skaddr) {
+        // connect() closed the socket itself (no local port...): its
+        // return value is the errno, and sys_exit_connect reports it.
+        return Ok(());
+    } else {
+        match kread::soft_error(t.skaddr) {
+            0 => return Ok(()), // closed by the application before an answer: not a failure.
+            soft => soft,
+        }
+    };
+    // The thread that may still be inside connect() on this socket.
+    let caller = owner.map_or(current, |o| ((o.pid as u64) << 32) | o.tid as u64);
+    sysconnect::mark_handled(caller, t.skaddr);
     let mut rec = FailureRecord::zeroed();
     rec.action = Action::ConnectFailed as u8;
     rec.family = t.family;
     rec.netns = kread::sock_netns(t.skaddr)?;
-    rec.reason = err as u32;
+    rec.reason = err;
     rec.state = old as u8;
     rec.flags = flags::OUTBOUND;
     rec.src_addr = t.saddr;

@@ -226,3 +226,94 @@ pub fn tuple(ctx: &TracePointContext, l: &observer_common::config::TupleLayout) 
     }
     Ok(t)
 }
+
+/// `SOCK_STREAM`: Linux ABI (socket(2)).
+const SOCK_STREAM: u16 = 1;
+
+/// The TCP socket (`struct sock *`) behind file descriptor `fd` of the
+/// current task; None when `fd` is not open or is not a TCP stream socket.
+///
+/// Walks task->files->fdt->fd[fd]->private_data with BTF offsets. A file is
+/// taken as a socket only if the `struct socket` its private_data points to
+/// points back at the same file, so another kind of file (whose
+/// private_data is something else) is never read as a socket.
+#[inline(always)]
+pub fn tcp_sock_of_fd(fd: u64) -> Option<*const u8> {
+    // SAFETY: bpf_get_current_task has no preconditions; the result is only
+    // used as a base address for bpf_probe_read_kernel.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let files: *const u8 = at(task, config!(structs.task_files)).ok()?;
+    let fdt: *const u8 = at(files, config!(structs.files_fdt)).ok()?;
+    let max_fds: u32 = at(fdt, config!(structs.fdt_max_fds)).ok()?;
+    // A negative int fd arrives sign-extended: it is >= max_fds as well.
+    if fd >= max_fds as u64 {
+        return None;
+    }
+    let array: *const u8 = at(fdt, config!(structs.fdt_fd)).ok()?;
+    // SAFETY: pointer arithmetic only (fd < max_fds, the array's length);
+    // the read goes through bpf_probe_read_kernel.
+    let slot = unsafe { array.add(fd as usize * core::mem::size_of::<*const u8>()) };
+    let file: *const u8 = at(slot, 0).ok()?;
+    let socket: *const u8 = at(file, config!(structs.file_private_data)).ok()?;
+    let back: *const u8 = at(socket, config!(structs.socket_file)).ok()?;
+    if back.is_null() || back != file {
+        return None;
+    }
+    let ty: u16 = at(socket, config!(structs.socket_type)).ok()?;
+    if ty != SOCK_STREAM {
+        return None;
+    }
+    let sk: *const u8 = at(socket, config!(structs.socket_sk)).ok()?;
+    let protocol: u16 = at(sk, config!(structs.sk_protocol)).ok()?;
+    (protocol == IPPROTO_TCP as u16).then_some(sk)
+}
+
+/// The local address and port a socket has (zero when not bound yet).
+#[inline(always)]
+pub fn sock_local(sk: *const u8, family: u8) -> Res<([u8; 16], u16)> {
+    let port: u16 = at(sk, config!(structs.sk_num))?;
+    let mut addr = [0u8; 16];
+    if family == observer_common::record::AF_INET {
+        let a: [u8; 4] = at(sk, config!(structs.sk_rcv_saddr))?;
+        addr[..4].copy_from_slice(&a);
+    } else {
+        addr = at(sk, config!(structs.sk_v6_rcv_saddr))?;
+    }
+    Ok((addr, port))
+}
+
+/// `SO_EE_ORIGIN_ICMP` and `SO_EE_ORIGIN_ICMP6`: Linux UAPI (errqueue.h).
+const SO_EE_ORIGIN_ICMP: u8 = 2;
+const SO_EE_ORIGIN_ICMP6: u8 = 3;
+
+/// The ICMP error the kernel kept for a socket without failing it, or 0.
+///
+/// An ICMP error that arrives while the owner holds the socket lock (on
+/// loopback: inside connect() itself, which sends the SYN) is not fatal: the
+/// kernel stores it in `sk_err_soft` and, on 6.x, also queues it on
+/// `sk_error_queue` and wakes pollers. An application that then reads
+/// SO_ERROR gets that errno (and clears `sk_err_soft`), so the queued
+/// error's `ee_errno` is the only trace left when it closes the socket.
+/// Only ICMP-origin entries count: timestamps use the same queue.
+#[inline(always)]
+pub fn soft_error(sk: *const u8) -> u32 {
+    let soft: i32 = at(sk, config!(structs.sk_err_soft)).unwrap_or(0);
+    if soft > 0 {
+        return soft as u32;
+    }
+    let queued: u32 = at(sk, config!(structs.sk_errq_len)).unwrap_or(0);
+    if queued == 0 {
+        return 0;
+    }
+    let Ok(skb) = at::<*const u8>(sk, config!(structs.sk_errq_next)) else {
+        return 0;
+    };
+    // struct sock_extended_err (UAPI): u32 ee_errno, then u8 ee_origin.
+    let Ok(ee) = at::<[u8; 8]>(skb, config!(structs.skb_ee)) else {
+        return 0;
+    };
+    if ee[4] != SO_EE_ORIGIN_ICMP && ee[4] != SO_EE_ORIGIN_ICMP6 {
+        return 0;
+    }
+    u32::from_ne_bytes([ee[0], ee[1], ee[2], ee[3]])
+}

@@ -15,6 +15,7 @@ mod maps;
 mod reject;
 mod reset;
 mod synack;
+mod sysconnect;
 
 // Only the BPF target needs it; a host build (clippy, tests) links std's.
 #[cfg(target_arch = "bpf")]

@@ -21,6 +21,7 @@ pub enum Hook {
     TcpReceiveReset,
     TcpRetransmitSynack,
     InetSockSetState,
+    SysConnect,
     KfreeSkb,
     NetDevQueue,
     ListenerIngress,
@@ -31,13 +32,18 @@ pub enum Attach {
         category: &'static str,
         name: &'static str,
     },
+    /// Several programs that only work together: each `(program, category,
+    /// name)` is attached, and if one fails, those already attached are
+    /// detached again.
+    Tracepoints(&'static [(&'static str, &'static str, &'static str)]),
     /// cgroup_skb ingress on the cgroup v2 root.
     CgroupIngress,
 }
 
 pub struct HookSpec {
     pub hook: Hook,
-    /// Program (function) name in the eBPF object.
+    /// The hook's name (doctor, configuration); for a single-program hook
+    /// also the program's (function's) name in the eBPF object.
     pub program: &'static str,
     pub attach: Attach,
     pub actions: &'static [Action],
@@ -73,6 +79,16 @@ pub const HOOKS: &[HookSpec] = &[
         attach: Attach::Tracepoint { category: "sock", name: "inet_sock_set_state" },
         actions: &[Action::ConnectFailed],
         loses: "outbound connect() failures and the connecting process",
+    },
+    HookSpec {
+        hook: Hook::SysConnect,
+        program: "sys_connect",
+        attach: Attach::Tracepoints(&[
+            ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+            ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+        ]),
+        actions: &[Action::ConnectFailed],
+        loses: "connect() calls that fail inside the syscall: no route (ENETUNREACH), no local port, policy refusals",
     },
     HookSpec {
         hook: Hook::KfreeSkb,
@@ -198,16 +214,43 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Ebpf, Vec<HookStatus>), aya::Ebpf
     Ok((ebpf, statuses))
 }
 
+fn tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut TracePoint, String> {
+    let p = ebpf.program_mut(program).ok_or_else(|| format!("program {program} is not in the eBPF object"))?;
+    p.try_into().map_err(|e| format!("{e}"))
+}
+
 fn attach(ebpf: &mut Ebpf, spec: &HookSpec, cgroup_root: &Path) -> Result<(), String> {
-    let program =
-        ebpf.program_mut(spec.program).ok_or_else(|| format!("program {} is not in the eBPF object", spec.program))?;
     match spec.attach {
         Attach::Tracepoint { category, name } => {
-            let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            let tp = tracepoint(ebpf, spec.program)?;
             tp.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
             tp.attach(category, name).map_err(|e| format!("attach {category}:{name}: {}", error_chain(&e)))?;
         }
+        Attach::Tracepoints(parts) => {
+            let mut attached = Vec::new();
+            for &(program, category, name) in parts {
+                let step = tracepoint(ebpf, program).and_then(|tp| {
+                    tp.load().map_err(|e| format!("load {program}: {}", error_chain(&e)))?;
+                    tp.attach(category, name).map_err(|e| format!("attach {category}:{name}: {}", error_chain(&e)))
+                });
+                match step {
+                    Ok(link) => attached.push((program, link)),
+                    Err(why) => {
+                        // Half a hook would only fill its maps: take it down whole.
+                        for (program, link) in attached {
+                            if let Ok(tp) = tracepoint(ebpf, program) {
+                                let _ = tp.detach(link);
+                            }
+                        }
+                        return Err(why);
+                    }
+                }
+            }
+        }
         Attach::CgroupIngress => {
+            let program = ebpf
+                .program_mut(spec.program)
+                .ok_or_else(|| format!("program {} is not in the eBPF object", spec.program))?;
             let prog: &mut CgroupSkb = program.try_into().map_err(|e| format!("{e}"))?;
             prog.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
             let cgroup = std::fs::File::open(cgroup_root)
@@ -247,6 +290,7 @@ mod tests {
             Hook::TcpReceiveReset,
             Hook::TcpRetransmitSynack,
             Hook::InetSockSetState,
+            Hook::SysConnect,
             Hook::KfreeSkb,
             Hook::NetDevQueue,
             Hook::ListenerIngress,

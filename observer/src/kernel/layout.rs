@@ -85,7 +85,7 @@ impl KernelLayout {
         let btf_status = btf.as_ref().map(|_| ()).map_err(|e| e.to_string());
         {
             let s = &mut config.structs;
-            let fields: [(&'static str, &mut u16, &str, &[&str]); 13] = [
+            let fields: [(&'static str, &mut u16, &str, &[&str]); 28] = [
                 ("skb_sk", &mut s.skb_sk, "sk_buff", &["sk"]),
                 ("skb_dev", &mut s.skb_dev, "sk_buff", &["dev"]),
                 ("skb_head", &mut s.skb_head, "sk_buff", &["head"]),
@@ -99,6 +99,21 @@ impl KernelLayout {
                 ("sk_max_ack_backlog", &mut s.sk_max_ack_backlog, "sock", &["sk_max_ack_backlog"]),
                 ("icsk_syn_qlen", &mut s.icsk_syn_qlen, "inet_connection_sock", &["icsk_accept_queue", "qlen"]),
                 ("sk_state", &mut s.sk_state, "sock", &["__sk_common", "skc_state"]),
+                ("sk_err_soft", &mut s.sk_err_soft, "sock", &["sk_err_soft"]),
+                ("sk_errq_len", &mut s.sk_errq_len, "sock", &["sk_error_queue", "qlen"]),
+                ("sk_errq_next", &mut s.sk_errq_next, "sock", &["sk_error_queue", "next"]),
+                ("sk_protocol", &mut s.sk_protocol, "sock", &["sk_protocol"]),
+                ("sk_rcv_saddr", &mut s.sk_rcv_saddr, "sock", &["__sk_common", "skc_rcv_saddr"]),
+                ("sk_v6_rcv_saddr", &mut s.sk_v6_rcv_saddr, "sock", &["__sk_common", "skc_v6_rcv_saddr"]),
+                ("sk_num", &mut s.sk_num, "sock", &["__sk_common", "skc_num"]),
+                ("task_files", &mut s.task_files, "task_struct", &["files"]),
+                ("files_fdt", &mut s.files_fdt, "files_struct", &["fdt"]),
+                ("fdt_max_fds", &mut s.fdt_max_fds, "fdtable", &["max_fds"]),
+                ("fdt_fd", &mut s.fdt_fd, "fdtable", &["fd"]),
+                ("file_private_data", &mut s.file_private_data, "file", &["private_data"]),
+                ("socket_type", &mut s.socket_type, "socket", &["type"]),
+                ("socket_sk", &mut s.socket_sk, "socket", &["sk"]),
+                ("socket_file", &mut s.socket_file, "socket", &["file"]),
             ];
             for (name, slot, root, path) in fields {
                 match &btf {
@@ -176,6 +191,49 @@ impl KernelLayout {
             }
         });
         need(Hook::InetSockSetState, &["sk_net", "net_ns_inum", "sk_err"], &mut unavailable);
+        // The queued ICMP error's `struct sock_extended_err` sits in the
+        // skb's control block, at `sock_exterr_skb.ee`. Optional: without
+        // it (and the other soft-error offsets) only connects the
+        // application closes after an ICMP error are not reported.
+        config.structs.skb_ee = match &btf {
+            Ok(btf) => match (btf.offset("sk_buff", &["cb"]), btf.offset("sock_exterr_skb", &["ee"])) {
+                (Ok(cb), Ok(ee)) => cb.checked_add(ee).unwrap_or(observer_common::config::UNSET),
+                _ => observer_common::config::UNSET,
+            },
+            Err(_) => observer_common::config::UNSET,
+        };
+
+        with_format(tracefs, ("syscalls", "sys_enter_connect"), Hook::SysConnect, &mut unavailable, |f| {
+            // Every syscall argument has an 8-byte slot, whatever its C type.
+            config.sys_connect.fd = off(f, "fd", 8)?;
+            config.sys_connect.uservaddr = off(f, "uservaddr", 8)?;
+            config.sys_connect.addrlen = off(f, "addrlen", 8)?;
+            Ok(())
+        });
+        with_format(tracefs, ("syscalls", "sys_exit_connect"), Hook::SysConnect, &mut unavailable, |f| {
+            config.sys_connect.ret = off(f, "ret", 8)?;
+            Ok(())
+        });
+        need(
+            Hook::SysConnect,
+            &[
+                "task_files",
+                "files_fdt",
+                "fdt_max_fds",
+                "fdt_fd",
+                "file_private_data",
+                "socket_type",
+                "socket_sk",
+                "socket_file",
+                "sk_protocol",
+                "sk_net",
+                "net_ns_inum",
+                "sk_rcv_saddr",
+                "sk_v6_rcv_saddr",
+                "sk_num",
+            ],
+            &mut unavailable,
+        );
 
         with_format(tracefs, ("skb", "kfree_skb"), Hook::KfreeSkb, &mut unavailable, |f| {
             config.kfree_skb.skbaddr = off(f, "skbaddr", 8)?;
