@@ -9,11 +9,27 @@ use std::{
     time::Duration,
 };
 
-use common::{connect_from, connect_with_syn_retries, listener, sa, start_connect, Daemon, Netns};
+use common::{
+    connect_blocking, connect_from, connect_with_syn_retries, listener, sa, start_connect, thread_comm, Daemon, Netns,
+};
+use observer::event::FailureEvent;
 use observer_common::Action;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+/// Every connect_failed event of a namespace, once late ones had time to arrive.
+fn connect_failures(daemon: &Daemon, ns: &Netns) -> Vec<FailureEvent> {
+    let settled = daemon.events_in(ns.inode(), Duration::from_millis(500));
+    settled.into_iter().filter(|e| e.event.action == Action::ConnectFailed).collect()
+}
+
+/// Asserts that a namespace saw exactly one connect_failed and returns it.
+fn exactly_one_connect_failure(daemon: &Daemon, ns: &Netns) -> FailureEvent {
+    let mut all = connect_failures(daemon, ns);
+    assert_eq!(all.len(), 1, "exactly one connect_failed per failed connect(): {all:#?}");
+    all.remove(0)
 }
 
 #[test]
@@ -178,6 +194,23 @@ fn connect_failed_refused_names_errno_and_process() {
     let p = e.process.expect("connecting process");
     assert_eq!(p.pid, std::process::id());
     assert!(!p.name.is_empty());
+    exactly_one_connect_failure(&daemon, &ns);
+    daemon.stop();
+}
+
+/// A blocking connect() gets the RST's ECONNREFUSED as its own return value:
+/// set_state and sys_exit_connect both see the failure, one reports it.
+#[test]
+fn connect_failed_refused_blocking_is_reported_once() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("cfrefb");
+    let r = ns.run(|| connect_blocking(sa("::1", 48011), sa("::1", 8097)).err().and_then(|e| e.raw_os_error()));
+    assert_eq!(r, Some(libc::ECONNREFUSED));
+    let e = exactly_one_connect_failure(&daemon, &ns);
+    assert_eq!(e.observer.reason.as_deref(), Some("ECONNREFUSED"));
+    assert_eq!((e.source.ip, e.source.port), (ip("::1"), 48011));
+    assert_eq!((e.destination.ip, e.destination.port), (ip("::1"), 8097));
+    assert_eq!(e.process.expect("process").pid, std::process::id());
     daemon.stop();
 }
 
@@ -194,6 +227,8 @@ fn connect_failed_timeout_when_syns_are_dropped() {
     assert_eq!((e.source.ip, e.source.port), (ip("::1"), 48002));
     assert_eq!(e.destination.port, 8087);
     assert_eq!(e.process.expect("process").pid, std::process::id());
+    // The blocking connect() returned ETIMEDOUT too: still one event.
+    exactly_one_connect_failure(&daemon, &ns);
     daemon.stop();
 }
 
@@ -242,10 +277,7 @@ fn firewall_reject_with_icmp_host_unreachable() {
     });
     assert_eq!((rej.source.port, rej.destination.port), (47201, 8092));
     assert_eq!(rej.network.kind, "ipv4");
-    // Over IPv4 loopback the ICMP is handled while connect() still holds the
-    // socket, so the error is connect()'s return value and sk_err stays 0:
-    // connect_failed does not see that synchronous path yet (known gap,
-    // needs a sys_exit_connect hook). The IPv6 test below sees it.
+    // The matching connect_failed: see the connect_failed_ehostunreach tests.
     daemon.stop();
 }
 
@@ -266,5 +298,170 @@ fn connect_failed_enetunreach_from_an_icmp_network_unreachable_ipv6() {
         e.observer.netns == ns.inode() && e.event.action == Action::FirewallReject
     });
     assert_eq!((rej.source.port, rej.destination.port), (47301, 8093));
+    daemon.stop();
+}
+
+/// A blocking connect() through an ICMP host-unreachable reject on IPv4
+/// loopback. The first ICMP arrives while connect() holds the socket (it is
+/// only a soft error then); the SYN retransmitted after 1 s draws a second
+/// one that fails the socket with sk_err, and connect() returns it.
+#[test]
+fn connect_failed_ehostunreach_blocking_ipv4() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("cfhub");
+    ns.nft(&reject_syns_to(8094, "icmp type host-unreachable"));
+    let (r, comm) = ns.run(|| {
+        let r = connect_blocking(sa("127.0.0.1", 48101), sa("127.0.0.1", 8094)).err().and_then(|e| e.raw_os_error());
+        (r, thread_comm())
+    });
+    assert_eq!(r, Some(libc::EHOSTUNREACH));
+    let e = exactly_one_connect_failure(&daemon, &ns);
+    assert_eq!(e.observer.reason.as_deref(), Some("EHOSTUNREACH"));
+    assert_eq!(e.observer.netns, ns.inode());
+    assert_eq!(e.observer.direction, "outbound");
+    assert_eq!(e.network.kind, "ipv4");
+    assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 48101));
+    assert_eq!((e.destination.ip, e.destination.port), (ip("127.0.0.1"), 8094));
+    let p = e.process.expect("connecting process");
+    assert_eq!((p.pid, p.name), (std::process::id(), comm));
+    daemon.stop();
+}
+
+/// The same reject with a non-blocking connect() and poll, as event loops
+/// do: connect() returns EINPROGRESS, the ICMP handled while it still held
+/// the socket is queued and wakes poll at once, SO_ERROR returns
+/// EHOSTUNREACH and the application closes a socket whose sk_err is 0.
+#[test]
+fn connect_failed_ehostunreach_when_the_application_reads_so_error() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("cfhunb");
+    ns.nft(&reject_syns_to(8095, "icmp type host-unreachable"));
+    let (r, comm) = ns.run(|| {
+        let r = connect_from(sa("127.0.0.1", 48102), sa("127.0.0.1", 8095), Duration::from_secs(3))
+            .err()
+            .and_then(|e| e.raw_os_error());
+        (r, thread_comm())
+    });
+    assert_eq!(r, Some(libc::EHOSTUNREACH));
+    let e = exactly_one_connect_failure(&daemon, &ns);
+    assert_eq!(e.observer.reason.as_deref(), Some("EHOSTUNREACH"));
+    assert_eq!(e.observer.netns, ns.inode());
+    assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 48102));
+    assert_eq!((e.destination.ip, e.destination.port), (ip("127.0.0.1"), 8095));
+    let p = e.process.expect("connecting process");
+    assert_eq!((p.pid, p.name), (std::process::id(), comm));
+    daemon.stop();
+}
+
+/// A namespace with only loopback has no route to 203.0.113.1: connect()
+/// fails in the route lookup, before the socket ever reaches SYN_SENT.
+#[test]
+fn connect_failed_enetunreach_without_a_route_ipv4() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("cfnoroute");
+    let (r, comm) = ns.run(|| {
+        let r = connect_blocking(sa("0.0.0.0", 48103), sa("203.0.113.1", 80)).err().and_then(|e| e.raw_os_error());
+        (r, thread_comm())
+    });
+    assert_eq!(r, Some(libc::ENETUNREACH));
+    let e = exactly_one_connect_failure(&daemon, &ns);
+    assert_eq!(e.observer.reason.as_deref(), Some("ENETUNREACH"));
+    assert_eq!(e.observer.netns, ns.inode());
+    assert_eq!(e.observer.direction, "outbound");
+    assert_eq!(e.network.kind, "ipv4");
+    assert_eq!((e.destination.ip, e.destination.port), (ip("203.0.113.1"), 80));
+    // The socket was bound to a port but never got a source address.
+    assert_eq!((e.source.ip, e.source.port), (ip("0.0.0.0"), 48103));
+    let p = e.process.expect("connecting process");
+    assert_eq!((p.pid, p.name), (std::process::id(), comm));
+    daemon.stop();
+}
+
+#[test]
+fn connect_failed_enetunreach_without_a_route_ipv6() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("cfnoroute6");
+    let r = ns.run(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        s.connect(&sa("2001:db8::1", 443).into()).err().and_then(|e| e.raw_os_error())
+    });
+    assert_eq!(r, Some(libc::ENETUNREACH));
+    let e = exactly_one_connect_failure(&daemon, &ns);
+    assert_eq!(e.observer.reason.as_deref(), Some("ENETUNREACH"));
+    assert_eq!(e.network.kind, "ipv6");
+    assert_eq!((e.destination.ip, e.destination.port), (ip("2001:db8::1"), 443));
+    // Never bound: the kernel knows no source.
+    assert_eq!((e.source.ip, e.source.port), (ip("::"), 0));
+    assert_eq!(e.process.expect("process").pid, std::process::id());
+    daemon.stop();
+}
+
+/// UDP connect() fails the same way without a route, but it is not a TCP
+/// connection failure. A TCP connect afterwards shows the hook is live.
+#[test]
+fn udp_connect_without_a_route_is_not_reported() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("cfudp");
+    let (udp, tcp) = ns.run(|| {
+        let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let udp = u.connect("203.0.113.1:53").err().and_then(|e| e.raw_os_error());
+        let tcp = connect_blocking(sa("0.0.0.0", 48104), sa("203.0.113.2", 80)).err().and_then(|e| e.raw_os_error());
+        (udp, tcp)
+    });
+    assert_eq!((udp, tcp), (Some(libc::ENETUNREACH), Some(libc::ENETUNREACH)));
+    daemon.expect_event("tcp connect_failed", |e| {
+        e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed
+    });
+    let e = exactly_one_connect_failure(&daemon, &ns);
+    assert_eq!(e.destination.ip, ip("203.0.113.2"), "the UDP connect must not be reported: {e:#?}");
+    daemon.stop();
+}
+
+/// Drops the pure ACKs the client sends from `port`: its handshake's final
+/// ACK never leaves, so the server keeps that connection in SYN_RECV.
+fn hold_acks_from(port: u16) -> String {
+    format!("table inet client {{\n  chain output {{\n    type filter hook output priority 0;\n    tcp sport {port} tcp flags == ack drop\n  }}\n}}\n")
+}
+
+/// The accept queue is full when a final ACK arrives. Connection C sends
+/// its SYN first (the queues are empty) but its final ACK is held by the
+/// client's firewall; A and B then complete and fill the accept queue
+/// (backlog 1 holds 2). Once the rule is gone, the server's SYN-ACK
+/// retransmission (after ~1 s) draws C's ACK, which finds the queue full:
+/// kfree_skb with TCP_LISTEN_OVERFLOW, once per retransmission.
+#[test]
+fn listen_overflow_at_the_final_ack_names_the_listener_queue() {
+    let daemon = Daemon::start();
+    let ns = Netns::new("lovack");
+    ns.nft(&hold_acks_from(45103));
+    let keep = ns.run(|| {
+        let l = listener(sa("127.0.0.1", 8096), 1);
+        let c = start_connect(sa("127.0.0.1", 45103), sa("127.0.0.1", 8096));
+        std::thread::sleep(Duration::from_millis(100));
+        let a = start_connect(sa("127.0.0.1", 45101), sa("127.0.0.1", 8096));
+        let b = start_connect(sa("127.0.0.1", 45102), sa("127.0.0.1", 8096));
+        std::thread::sleep(Duration::from_millis(200));
+        (l, c, a, b)
+    });
+    ns.exec(&["nft", "delete", "table", "inet", "client"]);
+    let e = daemon.expect_event("listen_overflow at the final ACK", |e| {
+        e.observer.netns == ns.inode()
+            && e.event.action == Action::ListenOverflow
+            && e.observer.stage.as_deref() == Some("ack")
+    });
+    assert_eq!(e.observer.reason.as_deref(), Some("TCP_LISTEN_OVERFLOW"));
+    assert_eq!(e.observer.direction, "inbound");
+    assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 45103));
+    assert_eq!((e.destination.ip, e.destination.port), (ip("127.0.0.1"), 8096));
+    assert_eq!(e.network.kind, "ipv4");
+    let q = e.observer.listener.clone().expect("listener queue");
+    assert_eq!((q.backlog, q.queue_len), (1, 2));
+    // A's and B's SYNs found room: no SYN-stage overflow here.
+    let ours = daemon.events_in(ns.inode(), Duration::from_millis(300));
+    assert!(
+        ours.iter().all(|e| e.event.action != Action::ListenOverflow || e.observer.stage.as_deref() == Some("ack")),
+        "{ours:#?}"
+    );
+    drop(keep);
     daemon.stop();
 }

@@ -262,3 +262,13 @@ pub fn sa(ip: &str, port: u16) -> SocketAddr {
 pub fn log_path(d: &Daemon) -> &Path {
     &d.log
 }
+
+/// A blocking connect from `from`: connect() itself returns the error.
+pub fn connect_blocking(from: SocketAddr, to: SocketAddr) -> std::io::Result<()> {
+    bound_socket(from)?.connect(&to.into())
+}
+
+/// The calling thread's name as the kernel reports it (`process.name`).
+pub fn thread_comm() -> String {
+    std::fs::read_to_string("/proc/thread-self/comm").expect("comm").trim_end().to_owned()
+}
