@@ -78,3 +78,28 @@ fn doctor_reports_the_missing_hook() {
         assert_eq!(h["status"], "attached", "{h}");
     }
 }
+
+/// Half of the syscall pair is enough to take the whole hook down (its
+/// enter program alone would only fill a map), and nothing else.
+#[test]
+fn a_missing_sys_exit_connect_degrades_only_sys_connect() {
+    let fake = tempfile::tempdir().unwrap();
+    tracefs_without(fake.path(), "syscalls/sys_exit_connect");
+    let cfg = fake.path().join("observer.toml");
+    std::fs::write(&cfg, format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_observer"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hooks = report["hooks"].as_array().unwrap();
+    let sys = hooks.iter().find(|h| h["hook"] == "sys_connect").unwrap();
+    assert_eq!(sys["status"], "unavailable");
+    assert!(sys["why"].as_str().unwrap().contains("syscalls:sys_exit_connect not found"), "{sys}");
+    for h in hooks.iter().filter(|h| h["hook"] != "sys_connect") {
+        assert_eq!(h["status"], "attached", "{h}");
+    }
+}
