@@ -290,7 +290,8 @@ const SO_EE_ORIGIN_ICMP6: u8 = 3;
 ///
 /// An ICMP error that arrives while the owner holds the socket lock (on
 /// loopback: inside connect() itself, which sends the SYN) is not fatal: the
-/// kernel stores it in `sk_err_soft` and, on 6.x, also queues it on
+/// kernel stores it in `sk_err_soft` and (IPv4, seen on 6.18 without
+/// IP_RECVERR; IPv6 queued nothing there) also queues it on
 /// `sk_error_queue` and wakes pollers. An application that then reads
 /// SO_ERROR gets that errno (and clears `sk_err_soft`), so the queued
 /// error's `ee_errno` is the only trace left when it closes the socket.
