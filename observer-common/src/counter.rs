@@ -4,7 +4,9 @@
 //! ring buffer carries only rate-limited samples. Keying by local endpoint
 //! (not by client) keeps the map small during a flood from many sources.
 
-/// Counter key: one network namespace, action and local endpoint.
+/// Counter key: one network namespace, action and local endpoint. The
+/// endpoint is always the record's destination (`dst_addr`, `dst_port`), so
+/// the daemon can find the counter of every sample it reads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CountKey {
@@ -18,21 +20,23 @@ pub struct CountKey {
 
 const _: () = assert!(core::mem::size_of::<CountKey>() == 24);
 
-/// Per-sampler state, per CPU: a one-second window and what it suppressed.
+/// Per-sampler state, per CPU: a one-second window and the samples sent in it.
+/// What the window suppresses is not kept here: the exact counter has it,
+/// and the daemon reports it (reconciliation in observer/src/counters.rs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SamplerState {
     pub window_start_ns: u64,
     pub sent: u32,
-    /// Occurrences not sent since the last sample; the next sample carries them.
-    pub pending: u32,
+    pub _pad: u32,
 }
 
 /// Slots of the `LOSS` per-CPU array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LossSlot {
-    /// Occurrences whose sample could not be reserved in the ring buffer.
+    /// Samples that could not be reserved in the ring buffer (their
+    /// occurrences are in the exact counters).
     RingbufFull = 0,
     /// Occurrences not counted because the counter map was full.
     CounterMapFull = 1,

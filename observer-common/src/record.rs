@@ -28,7 +28,8 @@ pub mod flags {
 pub struct FailureRecord {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the hook fired.
     pub ts_ns: u64,
-    /// Kernel occurrences this record stands for (1 + those suppressed by sampling).
+    /// Kernel occurrences this record stands for: 1. What the sampler
+    /// suppresses the daemon reports from the exact counters.
     pub count: u32,
     /// Network namespace inode.
     pub netns: u32,

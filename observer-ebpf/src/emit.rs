@@ -18,9 +18,15 @@ fn loss(slot: LossSlot, n: u64) {
     }
 }
 
-/// Counts one occurrence under `key`; returns how many occurrences a sample
-/// taken now stands for, or None when the rate limit suppresses it.
-fn count_and_sample(key: &CountKey, now: u64) -> Option<u32> {
+/// Counts one occurrence under `key`; true when the per-key rate limit
+/// lets a sample of it through.
+///
+/// A sample stands for its own occurrence only (`count` = 1). Suppressed
+/// occurrences are not carried by a later sample: the daemon reports them
+/// from the exact counters (observer/src/counters.rs). Carrying them here
+/// too would let a late sample repeat counts the daemon already reported,
+/// and the daemon cannot take them out of this map atomically.
+fn count_and_sample(key: &CountKey, now: u64) -> bool {
     match COUNTERS.get_ptr_mut(key) {
         // SAFETY: per-CPU value of this CPU, valid while the program runs.
         Some(p) => unsafe { *p += 1 },
@@ -40,19 +46,16 @@ fn count_and_sample(key: &CountKey, now: u64) -> Option<u32> {
                 s.sent = 0;
             }
             if s.sent >= limit {
-                s.pending = s.pending.saturating_add(1);
-                return None;
+                return false;
             }
             s.sent += 1;
-            let count = s.pending.saturating_add(1);
-            s.pending = 0;
-            Some(count)
+            true
         }
         None => {
-            let s = SamplerState { window_start_ns: now, sent: 1, pending: 0 };
+            let s = SamplerState { window_start_ns: now, sent: 1, _pad: 0 };
             // A failed insert only loses rate-limit state, not the sample.
             let _ = SAMPLER.insert(key, s, 0);
-            Some(1)
+            true
         }
     }
 }
@@ -63,17 +66,17 @@ fn count_and_sample(key: &CountKey, now: u64) -> Option<u32> {
 pub fn record(key: &CountKey, mut rec: FailureRecord) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(count) = count_and_sample(key, now) else {
+    if !count_and_sample(key, now) {
         return;
-    };
+    }
     rec.ts_ns = now;
-    rec.count = count;
+    rec.count = 1;
     match EVENTS.reserve::<FailureRecord>(0) {
         Some(mut entry) => {
             entry.write(rec);
             entry.submit(0);
         }
-        None => loss(LossSlot::RingbufFull, count as u64),
+        None => loss(LossSlot::RingbufFull, 1),
     }
 }
 
@@ -83,6 +86,9 @@ pub fn read_failed() {
 }
 
 /// The counter key for a record: its namespace, action and local endpoint.
+/// `local_port`/`local_addr` must be the record's `dst_port`/`dst_addr`
+/// (the server side, or the remote end of an outbound connect): the daemon
+/// finds a sample's counter by them when it reconciles.
 pub fn key_of(rec: &FailureRecord, local_port: u16, local_addr: [u8; 16]) -> CountKey {
     CountKey { netns: rec.netns, port: local_port, action: rec.action, family: rec.family, addr: local_addr }
 }

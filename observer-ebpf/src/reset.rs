@@ -136,7 +136,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
         rec.flags |= flags::OUTBOUND;
         swap_ends(&mut rec);
     }
-    let key = emit::key_of(&rec, t.sport, t.saddr);
+    let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
     emit::record(&key, rec);
     Ok(())
 }

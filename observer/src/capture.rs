@@ -3,8 +3,11 @@
 //! The ring buffer's fd becomes readable when the kernel submits a record, so
 //! the reader sleeps instead of polling. On shutdown the buffer is drained
 //! once more so that nothing submitted before the signal is lost.
+//!
+//! The counter-polling stage (counters.rs) runs in this task, on a timer:
+//! its reconciliation is exact only when it polls right after a drain.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -13,12 +16,20 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::{decode::Decoder, event::FailureEvent, stats::Stats};
+use observer_common::FailureRecord;
+
+use crate::{
+    counters::{self, CounterStage},
+    decode::{DecodeError, Decoder},
+    event::FailureEvent,
+    stats::Stats,
+};
 
 pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     decoder: Decoder,
     stats: Arc<Stats>,
+    counters: Option<CounterStage>,
 }
 
 impl Capture {
@@ -27,11 +38,22 @@ impl Capture {
         // returns that same fd from as_raw_fd; the AsyncFd owns the RingBuf.
         let ring =
             unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
-        Ok(Capture { ring, decoder, stats })
+        Ok(Capture { ring, decoder, stats, counters: None })
     }
 
-    /// Reads until `shutdown` turns true, then drains and returns.
+    /// Adds the counter-polling stage (reconciliation and loss accounting).
+    pub fn with_counters(mut self, counters: CounterStage) -> Capture {
+        self.counters = Some(counters);
+        self
+    }
+
+    /// Reads until `shutdown` turns true, then drains and returns. The
+    /// programs should be detached before `shutdown`: then the last drain
+    /// and counter poll see everything.
     pub async fn run(mut self, tx: mpsc::Sender<FailureEvent>, mut shutdown: watch::Receiver<bool>) {
+        let every = self.counters.as_ref().map_or(Duration::from_secs(3600), |c| c.every());
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
@@ -42,31 +64,63 @@ impl Capture {
                             break;
                         }
                     };
-                    let batch = Self::drain(guard.get_inner_mut(), &self.decoder, &self.stats);
+                    let batch = Self::drain(guard.get_inner_mut(), &self.decoder, &self.stats, &mut self.counters);
                     guard.clear_ready();
-                    for event in batch {
-                        if tx.send(event).await.is_err() {
-                            return;
-                        }
+                    if !Self::send(&tx, batch).await {
+                        return;
+                    }
+                }
+                _ = tick.tick(), if self.counters.is_some() => {
+                    let mut batch =
+                        Self::drain(self.ring.get_mut(), &self.decoder, &self.stats, &mut self.counters);
+                    if let Some(c) = self.counters.as_mut() {
+                        batch.extend(c.poll());
+                    }
+                    if !Self::send(&tx, batch).await {
+                        return;
                     }
                 }
                 _ = shutdown.changed() => break,
             }
         }
-        let batch = Self::drain(self.ring.get_mut(), &self.decoder, &self.stats);
-        for event in batch {
-            if tx.send(event).await.is_err() {
-                return;
-            }
+        if self.counters.is_some() {
+            // A program that was running when it was detached finishes within
+            // microseconds; its sample must be in the last drain.
+            tokio::time::sleep(counters::settle(Duration::ZERO)).await;
         }
+        let mut batch = Self::drain(self.ring.get_mut(), &self.decoder, &self.stats, &mut self.counters);
+        if let Some(c) = self.counters.as_mut() {
+            batch.extend(c.finish());
+        }
+        Self::send(&tx, batch).await;
     }
 
-    fn drain(ring: &mut RingBuf<MapData>, decoder: &Decoder, stats: &Stats) -> Vec<FailureEvent> {
+    async fn send(tx: &mpsc::Sender<FailureEvent>, batch: Vec<FailureEvent>) -> bool {
+        for event in batch {
+            if tx.send(event).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn drain(
+        ring: &mut RingBuf<MapData>,
+        decoder: &Decoder,
+        stats: &Stats,
+        counters: &mut Option<CounterStage>,
+    ) -> Vec<FailureEvent> {
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
             Stats::inc(&stats.records);
-            match decoder.decode(&item) {
-                Ok(event) => out.push(event),
+            let decoded = FailureRecord::try_from(&item[..]).map_err(DecodeError::from);
+            match decoded {
+                Ok(rec) => {
+                    if let Some(c) = counters.as_mut() {
+                        c.sampled(&rec);
+                    }
+                    out.push(decoder.event(&rec));
+                }
                 Err(e) => {
                     let n = stats.decode_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Rate-limited: the first, then every 1000th.

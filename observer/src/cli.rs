@@ -28,6 +28,12 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run the daemon in the foreground until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Diagnoses of a period: what failed and why (from the history).
+    Summary(SummaryArgs),
+    /// Failure events of a period, or as they happen with --follow.
+    Events(EventsArgs),
+    /// Everything the host knows about one port, now and recently.
+    Why(WhyArgs),
     /// Kernel, BTF, tracefs, cgroups: which hooks load here and what is degraded.
     Doctor(DoctorArgs),
     /// Print the default configuration, every option documented.
@@ -61,6 +67,48 @@ pub struct RunArgs {
     /// Write failure events and diagnoses as NDJSON here (overrides daemon.json_log).
     #[arg(long, value_name = "PATH")]
     pub json_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    /// How far back (e.g. 15m, 1h, 2d).
+    #[arg(long, default_value = "1h", value_parser = crate::views::parse_since)]
+    pub since: std::time::Duration,
+    /// Only diagnoses of this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// `table` for people, `json` for a JSON array of diagnosis records.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// How far back (e.g. 15m, 1h, 2d).
+    #[arg(long, default_value = "15m", value_parser = crate::views::parse_since)]
+    pub since: std::time::Duration,
+    /// Only events whose destination is this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Keep printing new events as the daemon records them.
+    #[arg(long)]
+    pub follow: bool,
+    /// `table`, or `json` (one JSON object per line, as in the log).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// The port (local for inbound failures, remote for outbound ones).
+    pub port: u16,
+    /// How far back the history is read (e.g. 15m, 1h, 2d).
+    #[arg(long, default_value = "1h", value_parser = crate::views::parse_since)]
+    pub since: std::time::Duration,
+    /// Look at the live state of this network namespace (its inode, as in
+    /// `observer.netns`) instead of the caller's own.
+    #[arg(long)]
+    pub netns: Option<u32>,
 }
 
 #[derive(Debug, Args)]

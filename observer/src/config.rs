@@ -24,9 +24,13 @@ pub enum ConfigError {
 pub struct Config {
     pub daemon: DaemonConfig,
     pub capture: CaptureConfig,
+    pub history: HistoryConfig,
     pub diagnosis: DiagnosisConfig,
     pub enrich: EnrichConfig,
     pub kernel: KernelPaths,
+    pub syslog: crate::sink::syslog::SyslogConfig,
+    pub metrics: crate::sink::metrics::MetricsConfig,
+    pub alerts: crate::sink::webhook::AlertsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -36,6 +40,25 @@ pub struct DaemonConfig {
     pub json_log: PathBuf,
     /// History and runtime state.
     pub state_dir: PathBuf,
+    /// Group that may read the history (the CLI without root); empty: root only.
+    pub group: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Failure events and diagnoses older than this are deleted.
+    pub max_age_days: u64,
+    /// The database is kept under this size (oldest failure events go first).
+    pub max_bytes: u64,
+    /// Records waiting for the disk at most (while it is slow or full).
+    pub pending_max: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { max_age_days: 30, max_bytes: 256 << 20, pending_max: 100_000 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,6 +71,10 @@ pub struct CaptureConfig {
     pub samples_per_sec: u32,
     /// Keys kept by the exact counters and the sampler (LRU beyond it).
     pub counter_entries: u32,
+    /// How often the exact counters are read and reconciled with the samples, in milliseconds.
+    pub counter_poll_ms: u64,
+    /// Least time between two warnings about lost samples or counts, in seconds.
+    pub loss_warning_secs: u64,
     /// Hooks not to attach, by name (see `observer doctor`).
     pub disable_hooks: Vec<String>,
 }
@@ -137,13 +164,21 @@ impl Default for DaemonConfig {
         DaemonConfig {
             json_log: PathBuf::from("/var/log/observer/events.ndjson"),
             state_dir: PathBuf::from("/var/lib/observer"),
+            group: String::new(),
         }
     }
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        CaptureConfig { ring_buffer_bytes: 1 << 20, samples_per_sec: 64, counter_entries: 16384, disable_hooks: vec![] }
+        CaptureConfig {
+            ring_buffer_bytes: 1 << 20,
+            samples_per_sec: 64,
+            counter_entries: 16384,
+            counter_poll_ms: 1000,
+            loss_warning_secs: 10,
+            disable_hooks: vec![],
+        }
     }
 }
 
@@ -188,6 +223,12 @@ impl Config {
         if self.capture.counter_entries == 0 {
             return Err("capture.counter_entries must be at least 1".into());
         }
+        if !(100..=60_000).contains(&self.capture.counter_poll_ms) {
+            return Err(format!("capture.counter_poll_ms = {}: must be 100 to 60000", self.capture.counter_poll_ms));
+        }
+        if self.capture.loss_warning_secs == 0 {
+            return Err("capture.loss_warning_secs must be at least 1".into());
+        }
         let d = &self.diagnosis;
         if d.window_secs == 0 || d.window_secs > 3600 {
             return Err(format!("diagnosis.window_secs = {}: must be 1 to 3600", d.window_secs));
@@ -201,6 +242,9 @@ impl Config {
         if self.enrich.poll_interval_ms < 100 {
             return Err(format!("enrich.poll_interval_ms = {}: must be at least 100", self.enrich.poll_interval_ms));
         }
+        self.syslog.validate()?;
+        self.metrics.validate()?;
+        self.alerts.validate()?;
         self.disabled_hooks().map(|_| ())
     }
 
@@ -223,6 +267,19 @@ impl Config {
 json_log = {json_log:?}
 # History (SQLite) and runtime state.
 state_dir = {state_dir:?}
+# Group whose members may read the history with the CLI, without root
+# (the directory is made 0750 and the database 0640 for it). Empty: root only.
+group = ""
+
+[history]
+# Failure events and diagnoses older than this many days are deleted.
+max_age_days = {hist_age}
+# The database is kept under this many bytes; the oldest failure events
+# are deleted first.
+max_bytes = {hist_bytes}
+# Records held in memory while the disk is slow or full; beyond it the
+# oldest are dropped and counted.
+pending_max = {hist_pending}
 
 [capture]
 # Ring buffer between the kernel programs and the daemon, in bytes
@@ -230,12 +287,19 @@ state_dir = {state_dir:?}
 # exact counters are not affected.
 ring_buffer_bytes = {rb}
 # Sampled events per second for each (netns, action, local endpoint) on
-# each CPU. Beyond it only the exact counters move, and the next sample's
-# event.count carries the occurrences it stands for.
+# each CPU. Beyond it only the exact counters move; the daemon reports the
+# rest as reconciliation records (event.reconciled = true, event.count = how
+# many), so the counts in the log add up to the kernel's.
 samples_per_sec = {sps}
 # Keys (netns, action, local endpoint) tracked by the counters and the
-# sampler; the least recently used is evicted beyond it.
+# sampler; the least recently used is evicted beyond it. The daemon keeps
+# reconciliation state for at most twice as many.
 counter_entries = {ce}
+# How often the exact counters are read and reconciled, in milliseconds
+# (100 to 60000). Reconciliation records follow a burst within two periods.
+counter_poll_ms = {cpoll}
+# Least time between two warnings about lost samples or counts, in seconds.
+loss_warning_secs = {lossw}
 # Hooks not to attach, by name: {hooks}.
 disable_hooks = []
 
@@ -282,13 +346,19 @@ btf = {btf:?}
 # cgroup v2 root for the listener (accept queue) hook; empty: found
 # automatically (/sys/fs/cgroup or /sys/fs/cgroup/unified).
 cgroup_root = ""
-"#,
+
+{outputs}"#,
             json_log = d.daemon.json_log.display().to_string(),
             state_dir = d.daemon.state_dir.display().to_string(),
             rb = d.capture.ring_buffer_bytes,
             sps = d.capture.samples_per_sec,
             ce = d.capture.counter_entries,
+            cpoll = d.capture.counter_poll_ms,
+            lossw = d.capture.loss_warning_secs,
             hooks = crate::hooks::HOOKS.iter().map(|h| h.program).collect::<Vec<_>>().join(", "),
+            hist_age = d.history.max_age_days,
+            hist_bytes = d.history.max_bytes,
+            hist_pending = d.history.pending_max,
             window = d.diagnosis.window_secs,
             minf = d.diagnosis.min_failures,
             upd = d.diagnosis.update_interval_secs,
@@ -305,6 +375,7 @@ cgroup_root = ""
             maxh = d.enrich.max_listener_history,
             tracefs = d.kernel.tracefs.display().to_string(),
             btf = d.kernel.btf.display().to_string(),
+            outputs = crate::sink::outputs::documented_defaults(),
         )
     }
 }

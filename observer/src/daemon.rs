@@ -17,14 +17,16 @@ use tracing::{info, warn};
 
 use crate::{
     capture::Capture,
+    counters::{CounterStage, KernelCounters},
     config::Config,
     decode::{Clock, Decoder},
     diagnose::Diagnoser,
     event::FailureEvent,
+    history,
     hooks::{self, HookState},
     kernel::{layout::KernelLayout, tracefs::Tracefs},
     privilege,
-    sink::{ndjson::NdjsonSink, Record},
+    sink::{ndjson::NdjsonSink, outputs::Outputs, Record},
     stats::Stats,
 };
 
@@ -72,8 +74,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let decoder = Decoder::new(Clock::now(), layout.names.clone());
     let capture = Capture::new(ring, decoder, stats.clone()).context("polling the ring buffer")?;
+    let keys = config.capture.counter_entries as usize;
+    let counters = KernelCounters::take(&mut ebpf, keys).context("taking the counter maps")?;
+    let capture = capture.with_counters(CounterStage::new(
+        counters,
+        keys,
+        Duration::from_millis(config.capture.counter_poll_ms),
+        Duration::from_secs(config.capture.loss_warning_secs),
+        stats.clone(),
+    ));
     let mut sink = NdjsonSink::open(&config.daemon.json_log)
         .with_context(|| format!("opening the JSON log {}", config.daemon.json_log.display()))?;
+    let outputs = Outputs::start(&config, stats.clone(), &statuses).await.context("starting the outputs")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tx, events) = mpsc::channel::<FailureEvent>(4096);
@@ -84,6 +96,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let poller = tokio::spawn(diagnoser.poller(poll_every));
     let diagnose_task = tokio::spawn(diagnose(diagnoser, events, records_tx));
 
+    // The history is an output like the others: if it cannot open, the
+    // daemon still captures and logs, and says what is missing.
+    let history = match history::Store::open(&config.daemon.state_dir, &config.history, &config.daemon.group) {
+        Ok(store) => Some(history::Writer::start(store, stats.clone(), config.history.pending_max)),
+        Err(e) => {
+            warn!("history unavailable: {e}; `observer summary/events/why` will not see this run");
+            None
+        }
+    };
     let sink_stats = stats.clone();
     let sink_task = tokio::spawn(async move {
         let mut warned = false;
@@ -101,11 +122,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             // Write what is already queued, then flush once per burst.
             let mut next = Some(first);
             while let Some(record) = next.take() {
+                if let Some(h) = &history {
+                    h.send(&record, &sink_stats);
+                }
                 let result = sink.write(&record);
                 if result.is_ok() {
                     Stats::inc(&sink_stats.written);
                 }
                 report(result, sink.path());
+                outputs.offer(&record);
                 next = rx.try_recv().ok();
             }
             let result = sink.flush();
@@ -113,6 +138,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         if let Err(e) = sink.sync() {
             warn!("syncing {}: {e}", sink.path().display());
+        }
+        outputs.shutdown(Duration::from_secs(2)).await;
+        if let Some(h) = history {
+            // Blocking join of the writer thread: it commits what it holds.
+            let _ = tokio::task::spawn_blocking(move || h.close()).await;
         }
     });
 
@@ -124,6 +154,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
+    // Detach first (the programs go with the object; the maps were taken
+    // out): the last drain and counter poll then see every occurrence.
+    drop(ebpf);
     let _ = shutdown_tx.send(true);
     poller.abort();
     if let Err(e) = capture_task.await {
@@ -132,16 +165,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = diagnose_task.await {
         warn!("diagnose task ended abnormally: {e}");
     }
-    // Programs are detached when the object is dropped.
-    drop(ebpf);
     if let Err(e) = sink_task.await {
         warn!("sink task ended abnormally: {e}");
     }
     info!(
-        "stopped: {} records, {} decode errors, {} write errors",
+        "stopped: {} records, {} decode errors, {} write errors; {} occurrences in {} reconciliation records; \
+         kernel loss: {} samples (ring buffer full, counted), {} uncounted (counter map full), {} uncounted \
+         (read failed); {} counter resets",
         Stats::get(&stats.records),
         Stats::get(&stats.decode_errors),
-        Stats::get(&stats.write_errors)
+        Stats::get(&stats.write_errors),
+        Stats::get(&stats.reconciled_occurrences),
+        Stats::get(&stats.reconciled_records),
+        Stats::get(&stats.kernel_ringbuf_full),
+        Stats::get(&stats.kernel_counter_map_full),
+        Stats::get(&stats.kernel_read_failed),
+        Stats::get(&stats.counter_resets),
     );
     Ok(())
 }
@@ -155,7 +194,12 @@ async fn diagnose(mut diagnoser: Diagnoser, mut events: mpsc::Receiver<FailureEv
     loop {
         tokio::select! {
             event = events.recv() => {
-                let Some(first) = event else { break };
+                let Some(first) = event else {
+                    for d in diagnoser.unwritten().await {
+                        let _ = out.send(Record::Diagnosis(Box::new(d))).await;
+                    }
+                    break;
+                };
                 let mut next = Some(first);
                 while let Some(e) = next.take() {
                     diagnoser.observe(&e);

@@ -31,6 +31,11 @@ pub struct EventMeta {
     pub kind: String,
     pub category: Vec<String>,
     pub outcome: String,
+    /// True for a reconciliation record: occurrences the kernel counted
+    /// exactly but no sample carried (rate limit, full ring buffer), reported
+    /// per local endpoint without a client (observer/src/counters.rs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reconciled: bool,
 }
 
 impl EventMeta {
@@ -42,6 +47,7 @@ impl EventMeta {
             kind: "event".to_owned(),
             category: vec!["network".to_owned()],
             outcome: "failure".to_owned(),
+            reconciled: false,
         }
     }
 }

@@ -5,6 +5,8 @@ use observer::{
     cli::{Cli, Command, Format},
     config::Config,
     daemon, doctor,
+    history::Reader,
+    views,
     privilege::MissingCapability,
 };
 
@@ -45,6 +47,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(daemon::run(config))
+        }
+        Command::Summary(args) => {
+            let reader = Reader::open(&config.daemon.state_dir)?;
+            match args.format {
+                Format::Json => println!("{}", views::summary::json(&reader, args.since, args.port)?),
+                Format::Table => views::summary::table(&reader, args.since, args.port, &mut std::io::stdout().lock())?,
+            }
+            Ok(())
+        }
+        Command::Events(args) => {
+            let reader = Reader::open(&config.daemon.state_dir)?;
+            views::events::show(&reader, args.since, args.port, args.format == Format::Json, args.follow)
+        }
+        Command::Why(args) => {
+            let reader = Reader::open(&config.daemon.state_dir).map_err(|e| e.to_string());
+            let why = views::why::WhyArgs { port: args.port, since: args.since, netns: args.netns, nft: config.enrich.nft };
+            views::why::show(&why, reader, &mut std::io::stdout().lock())
         }
         Command::Doctor(args) => {
             let report = doctor::report(&config);

@@ -12,6 +12,38 @@ pub struct Stats {
     pub written: AtomicU64,
     /// Events that could not be written (disk full, I/O error).
     pub write_errors: AtomicU64,
+    /// Records committed to the history database.
+    pub history_written: AtomicU64,
+    /// Failed history commits (each retried with the next batch).
+    pub history_errors: AtomicU64,
+    /// Records the history could not keep (its queue was full).
+    pub history_dropped: AtomicU64,
+
+    // Loss accounting (observer/src/counters.rs). The kernel_* values are the
+    // kernel's `LOSS` slots summed over CPUs: totals since the programs
+    // loaded, stored (not added) at every counter poll.
+    /// Samples the kernel could not put into the full ring buffer. Their
+    /// occurrences are in the exact counters and reach the log as
+    /// reconciliation records: no count is lost, only the samples' details.
+    pub kernel_ringbuf_full: AtomicU64,
+    /// Occurrences the kernel could not count because the counter map
+    /// refused their key. Lost: in no count.
+    pub kernel_counter_map_full: AtomicU64,
+    /// Occurrences lost because a kernel read in a hook failed. Lost: in no count.
+    pub kernel_read_failed: AtomicU64,
+    /// Reconciliation records written: occurrences the kernel counted that
+    /// no sample carried (rate limit, full ring buffer, undecodable record).
+    pub reconciled_records: AtomicU64,
+    /// Occurrences those reconciliation records stand for (sum of their event.count).
+    pub reconciled_occurrences: AtomicU64,
+    /// Counter keys the kernel evicted (LRU, `capture.counter_entries`) and
+    /// re-created before the daemon read them: their counts may be low.
+    pub counter_resets: AtomicU64,
+    /// Keys whose reconciliation state the daemon dropped to stay within its
+    /// memory cap (twice `capture.counter_entries`).
+    pub counter_keys_evicted: AtomicU64,
+    /// Failed reads of the kernel's counter or loss maps.
+    pub counter_poll_errors: AtomicU64,
 }
 
 impl Stats {

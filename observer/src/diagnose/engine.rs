@@ -144,6 +144,16 @@ impl Engine {
         due
     }
 
+    /// At shutdown: every open diagnosis whose counts moved since it was
+    /// last written, so that the history ends with the final counts.
+    pub fn unwritten(&self) -> Vec<Due> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.opened.as_ref().is_some_and(|o| o.emitted_count != g.count))
+            .map(|(key, _)| Due { key: *key, status: Status::Ongoing })
+            .collect()
+    }
+
     pub fn group_of(&self, key: &Key) -> Option<&Group> {
         self.groups.peek(key)
     }

@@ -72,8 +72,18 @@ impl Diagnoser {
 
     /// The diagnoses due now, with their facts.
     pub async fn due(&mut self) -> Vec<DiagnosisRecord> {
+        let due = self.engine.due(SystemTime::now());
+        self.write(due).await
+    }
+
+    /// At shutdown: the open diagnoses whose last counts are not written yet.
+    pub async fn unwritten(&mut self) -> Vec<DiagnosisRecord> {
+        let due = self.engine.unwritten();
+        self.write(due).await
+    }
+
+    async fn write(&mut self, due: Vec<engine::Due>) -> Vec<DiagnosisRecord> {
         let now = SystemTime::now();
-        let due = self.engine.due(now);
         if due.is_empty() {
             return Vec::new();
         }

@@ -1,6 +1,10 @@
 //! Sinks: where events and diagnoses leave the daemon.
 
+pub mod metrics;
 pub mod ndjson;
+pub mod outputs;
+pub mod syslog;
+pub mod webhook;
 
 use serde::Serialize;
 

@@ -1,0 +1,405 @@
+//! The history: failure events (as sampled, with their counts) and
+//! diagnosis episodes in SQLite under the state directory, so that the CLI
+//! can answer "what failed in the last hour, and why?" after restarts.
+//!
+//! Choices:
+//! - Rollback journal, not WAL: a WAL reader must be able to create the
+//!   `-shm` file, so members of the observer group (read-only on the
+//!   directory) could not read a stopped daemon's history. The daemon is
+//!   the only writer and commits in batches, so WAL's concurrency is not needed.
+//! - One writer thread fed by a bounded channel: a slow or full disk stalls
+//!   neither the kernel capture nor the other outputs. A batch that fails
+//!   (disk full) is kept and retried, up to `pending_max` records; beyond
+//!   that the oldest are dropped and counted, never silently.
+//! - A diagnosis episode is one row keyed by (id, first_seen), updated by
+//!   each record of the episode, so the row always holds the latest counts.
+
+use std::{
+    collections::VecDeque,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, mpsc, Arc},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use thiserror::Error;
+use tracing::warn;
+
+use crate::{config::HistoryConfig, diagnose::record::DiagnosisRecord, event::FailureEvent, sink::Record, stats::Stats};
+
+pub const DB_FILE: &str = "history.sqlite";
+
+#[derive(Debug, Error)]
+pub enum HistoryError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("history database {0}: {1}")]
+    Sql(PathBuf, rusqlite::Error),
+    #[error("no history at {0} (has the daemon run with this --state-dir?)")]
+    Missing(PathBuf),
+    #[error("group {0:?} does not exist")]
+    NoGroup(String),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    netns INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    src_ip TEXT NOT NULL,
+    dst_ip TEXT NOT NULL,
+    dst_port INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS failures_ts ON failures(ts_ms);
+CREATE INDEX IF NOT EXISTS failures_port ON failures(dst_port, ts_ms);
+CREATE TABLE IF NOT EXISTS diagnoses (
+    id TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    netns INTEGER NOT NULL,
+    port INTEGER NOT NULL,
+    json TEXT NOT NULL,
+    PRIMARY KEY (id, first_seen_ms)
+);
+CREATE INDEX IF NOT EXISTS diagnoses_last ON diagnoses(last_seen_ms);
+";
+
+pub fn ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn parse_ms(rfc3339: &str) -> i64 {
+    humantime::parse_rfc3339_weak(rfc3339).map(ms).unwrap_or(0)
+}
+
+/// Creates the state directory readable by `group` (0750) or by root only (0700).
+fn prepare_dir(dir: &Path, gid: Option<nix::unistd::Gid>) -> Result<(), HistoryError> {
+    std::fs::create_dir_all(dir).map_err(|e| HistoryError::Io(dir.to_owned(), e))?;
+    let mode = if gid.is_some() { 0o750 } else { 0o700 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| HistoryError::Io(dir.to_owned(), e))?;
+    if let Some(g) = gid {
+        nix::unistd::chown(dir, None, Some(g)).map_err(|e| HistoryError::Io(dir.to_owned(), e.into()))?;
+    }
+    Ok(())
+}
+
+fn group_id(group: &str) -> Result<Option<nix::unistd::Gid>, HistoryError> {
+    if group.is_empty() {
+        return Ok(None);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(Some(g.gid)),
+        _ => Err(HistoryError::NoGroup(group.to_owned())),
+    }
+}
+
+/// The writer side, owned by the history thread.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    cfg: HistoryConfig,
+    last_prune: Option<Instant>,
+}
+
+impl Store {
+    pub fn open(state_dir: &Path, cfg: &HistoryConfig, group: &str) -> Result<Store, HistoryError> {
+        let gid = group_id(group)?;
+        prepare_dir(state_dir, gid)?;
+        let path = state_dir.join(DB_FILE);
+        let sql = |e| HistoryError::Sql(path.clone(), e);
+        let conn = Connection::open(&path).map_err(sql)?;
+        // The journal inherits the database file's mode and owner (SQLite
+        // copies them), so setting them here covers both.
+        let mode = if gid.is_some() { 0o640 } else { 0o600 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| HistoryError::Io(path.clone(), e))?;
+        if let Some(g) = gid {
+            nix::unistd::chown(&path, None, Some(g)).map_err(|e| HistoryError::Io(path.clone(), e.into()))?;
+        }
+        conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; PRAGMA auto_vacuum=INCREMENTAL;")
+            .map_err(sql)?;
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        Ok(Store { conn, path, cfg: cfg.clone(), last_prune: None })
+    }
+
+    /// Writes a batch in one transaction: all of it or nothing.
+    pub fn write(&mut self, batch: &[Record]) -> Result<(), HistoryError> {
+        let path = self.path.clone();
+        let sql = |e| HistoryError::Sql(path.clone(), e);
+        let tx = self.conn.transaction().map_err(sql)?;
+        for r in batch {
+            match r {
+                Record::Failure(e) => insert_failure(&tx, e).map_err(sql)?,
+                Record::Diagnosis(d) => upsert_diagnosis(&tx, d).map_err(sql)?,
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Deletes what is older than `max_age_days`, then the oldest failures
+    /// until the file is under `max_bytes`; at most once a minute.
+    pub fn prune(&mut self, now: SystemTime) -> Result<u64, HistoryError> {
+        if self.last_prune.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return Ok(0);
+        }
+        self.last_prune = Some(Instant::now());
+        let path = self.path.clone();
+        let sql = |e| HistoryError::Sql(path.clone(), e);
+        let cutoff = ms(now) - (self.cfg.max_age_days as i64) * 86_400_000;
+        let mut deleted = self.conn.execute("DELETE FROM failures WHERE ts_ms < ?1", [cutoff]).map_err(sql)? as u64;
+        deleted += self.conn.execute("DELETE FROM diagnoses WHERE last_seen_ms < ?1", [cutoff]).map_err(sql)? as u64;
+        for _ in 0..100 {
+            if self.size_bytes().map_err(sql)? <= self.cfg.max_bytes {
+                break;
+            }
+            let n = self
+                .conn
+                .execute("DELETE FROM failures WHERE id IN (SELECT id FROM failures ORDER BY id LIMIT 1000)", [])
+                .map_err(sql)?;
+            self.conn.execute_batch("PRAGMA incremental_vacuum;").map_err(sql)?;
+            deleted += n as u64;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn size_bytes(&self) -> rusqlite::Result<u64> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok(((pages - free).max(0) * size) as u64)
+    }
+}
+
+fn insert_failure(tx: &rusqlite::Transaction<'_>, e: &FailureEvent) -> rusqlite::Result<()> {
+    let json = serde_json::to_string(e).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO failures (ts_ms, netns, action, direction, src_ip, dst_ip, dst_port, count, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        parse_ms(&e.timestamp),
+        e.observer.netns,
+        e.event.action.as_str(),
+        e.observer.direction,
+        e.source.ip.to_string(),
+        e.destination.ip.to_string(),
+        e.destination.port,
+        e.event.count as i64,
+        json
+    ])?;
+    Ok(())
+}
+
+fn upsert_diagnosis(tx: &rusqlite::Transaction<'_>, d: &DiagnosisRecord) -> rusqlite::Result<()> {
+    let json = serde_json::to_string(d).unwrap_or_default();
+    tx.prepare_cached(
+        "INSERT INTO diagnoses (id, first_seen_ms, last_seen_ms, kind, status, netns, port, json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (id, first_seen_ms) DO UPDATE SET
+           last_seen_ms = excluded.last_seen_ms, status = excluded.status, json = excluded.json",
+    )?
+    .execute(params![
+        d.diagnosis.id,
+        parse_ms(&d.diagnosis.first_seen),
+        parse_ms(&d.diagnosis.last_seen),
+        d.diagnosis.kind.as_str(),
+        serde_json::to_value(d.diagnosis.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        d.observer.netns,
+        d.destination.port,
+        json
+    ])?;
+    Ok(())
+}
+
+/// The writer thread's handle: records go in with `try_send` (never
+/// blocking the pipeline); `close` commits what is left and waits.
+pub struct Writer {
+    tx: Option<mpsc::SyncSender<Record>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(mut store: Store, stats: Arc<Stats>, pending_max: usize) -> Writer {
+        let (tx, rx) = mpsc::sync_channel::<Record>(pending_max.max(1));
+        let thread = std::thread::Builder::new()
+            .name("history".to_owned())
+            .spawn(move || {
+                let mut pending: VecDeque<Record> = VecDeque::new();
+                let mut failing = false;
+                loop {
+                    let first = match rx.recv_timeout(Duration::from_millis(if failing { 1000 } else { 60_000 })) {
+                        Ok(r) => Some(r),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            flush(&mut store, &mut pending, &stats, &mut failing);
+                            return;
+                        }
+                    };
+                    pending.extend(first);
+                    pending.extend(rx.try_iter());
+                    while pending.len() > pending_max {
+                        pending.pop_front();
+                        stats.history_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    flush(&mut store, &mut pending, &stats, &mut failing);
+                    if let Err(e) = store.prune(SystemTime::now()) {
+                        warn!("pruning the history: {e}");
+                    }
+                }
+            })
+            .ok();
+        Writer { tx: Some(tx), thread }
+    }
+
+    pub fn send(&self, r: &Record, stats: &Stats) {
+        let Some(tx) = &self.tx else { return };
+        if tx.try_send(r.clone()).is_err() {
+            stats.history_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Commits everything sent so far and stops the thread.
+    pub fn close(mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn flush(store: &mut Store, pending: &mut VecDeque<Record>, stats: &Stats, failing: &mut bool) {
+    if pending.is_empty() {
+        return;
+    }
+    let batch: Vec<Record> = pending.iter().cloned().collect();
+    match store.write(&batch) {
+        Ok(()) => {
+            stats.history_written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            pending.clear();
+            if *failing {
+                warn!("history writes work again");
+            }
+            *failing = false;
+        }
+        Err(e) => {
+            stats.history_errors.fetch_add(1, Ordering::Relaxed);
+            if !*failing {
+                warn!("{e}; keeping {} records to retry", pending.len());
+            }
+            *failing = true;
+        }
+    }
+}
+
+/// The read side, for the CLI: read-only, so members of the observer
+/// group can use it.
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub fn open(state_dir: &Path) -> Result<Reader, HistoryError> {
+        let path = state_dir.join(DB_FILE);
+        match std::fs::metadata(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(HistoryError::Missing(path)),
+            Err(e) => return Err(HistoryError::Io(path, e)),
+        }
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| HistoryError::Sql(path.clone(), e))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| HistoryError::Sql(path.clone(), e))?;
+        // A permission problem shows at the first read, not at open: check now.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| HistoryError::Sql(path.clone(), e))?;
+        Ok(Reader { conn })
+    }
+
+    /// Diagnosis episodes seen since `since`, most recent first.
+    pub fn diagnoses(&self, since: SystemTime, port: Option<u16>) -> rusqlite::Result<Vec<DiagnosisRecord>> {
+        let mut st = self.conn.prepare(
+            "SELECT json FROM diagnoses WHERE last_seen_ms >= ?1 AND (?2 IS NULL OR port = ?2)
+             ORDER BY last_seen_ms DESC",
+        )?;
+        let rows = st.query_map(params![ms(since), port], |r| r.get::<_, String>(0))?;
+        Ok(rows.filter_map(Result::ok).filter_map(|j| serde_json::from_str(&j).ok()).collect())
+    }
+
+    /// Failure events with row id above `after`, oldest first.
+    pub fn failures(
+        &self,
+        since: SystemTime,
+        port: Option<u16>,
+        after: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<(i64, FailureEvent)>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, json FROM failures WHERE id > ?1 AND ts_ms >= ?2 AND (?3 IS NULL OR dst_port = ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )?;
+        let rows = st.query_map(params![after, ms(since), port, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut v: Vec<(i64, FailureEvent)> = rows
+            .filter_map(Result::ok)
+            .filter_map(|(id, j)| serde_json::from_str(&j).ok().map(|e| (id, e)))
+            .collect();
+        v.reverse();
+        Ok(v)
+    }
+
+    /// Occurrences per interval: `n` equal intervals from `from` to `to`,
+    /// of the given actions at a namespace's endpoint (or from a source,
+    /// for scans).
+    pub fn buckets(&self, q: &BucketQuery<'_>, from: SystemTime, to: SystemTime, n: usize) -> rusqlite::Result<Vec<u64>> {
+        let (start, end) = (ms(from), ms(to).max(ms(from) + 1));
+        let width = ((end - start) as f64 / n.max(1) as f64).max(1.0);
+        let mut out = vec![0u64; n.max(1)];
+        let placeholders = q.actions.iter().map(|a| format!("'{}'", a.replace('\'', ""))).collect::<Vec<_>>().join(",");
+        let sql = format!(
+            "SELECT ts_ms, count FROM failures WHERE netns = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3 AND action IN ({placeholders})
+             AND (?4 IS NULL OR dst_port = ?4) AND (?5 IS NULL OR src_ip = ?5)"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(params![q.netns, start, end, q.port, q.source], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for (ts, count) in rows.filter_map(Result::ok) {
+            let i = (((ts - start) as f64) / width) as usize;
+            out[i.min(n.max(1) - 1)] += count.max(0) as u64;
+        }
+        Ok(out)
+    }
+
+    /// Failure counts by action for a port since `since`.
+    pub fn actions_for_port(&self, port: u16, since: SystemTime) -> rusqlite::Result<Vec<(u32, String, u64)>> {
+        let mut st = self.conn.prepare(
+            "SELECT netns, action, sum(count) FROM failures WHERE dst_port = ?1 AND ts_ms >= ?2
+             GROUP BY netns, action ORDER BY 3 DESC",
+        )?;
+        let rows = st.query_map(params![port, ms(since)], |r| {
+            Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.filter_map(Result::ok).collect())
+    }
+
+    pub fn latest_id(&self) -> rusqlite::Result<i64> {
+        self.conn.query_row("SELECT max(id) FROM failures", [], |r| r.get::<_, Option<i64>>(0)).optional().map(|v| v.flatten().unwrap_or(0))
+    }
+}
+
+pub struct BucketQuery<'a> {
+    pub netns: u32,
+    pub actions: &'a [&'a str],
+    pub port: Option<u16>,
+    pub source: Option<String>,
+}

@@ -1,0 +1,359 @@
+//! Prometheus metrics endpoint (`GET /metrics`, OpenMetrics text format).
+//!
+//! Failures and diagnoses are counted as records pass the sink task; the
+//! daemon's health counters (`Stats`, the outputs' own counters) are read
+//! at scrape time, so there is one source of truth for each number.
+//!
+//! Label cardinality is bounded: `port` takes the first `max_ports`
+//! distinct destination ports seen since start; later ones are counted
+//! under `port="other"`. First-come rather than a moving top-N, because a
+//! counter series must never disappear or move between labels (rates
+//! computed over it would jump). `action`, `direction`, `kind`, `status`
+//! and `hook` are closed sets.
+
+use std::{
+    collections::{HashMap, HashSet},
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tracing::{debug, warn};
+
+use super::{outputs::OutputStats, Record};
+use crate::{
+    diagnose::record::{Kind, Status},
+    hooks::HookStatus,
+    stats::Stats,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `address:port` to serve `/metrics` on; empty: no endpoint.
+    pub listen: String,
+    /// Distinct destination ports with their own `port` label.
+    pub max_ports: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: String::new(), max_ports: 100 }
+    }
+}
+
+impl MetricsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            return Err(format!("metrics.listen = {:?}: an address:port such as \"127.0.0.1:9464\"", self.listen));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    action: &'static str,
+    port: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiagnosisLabels {
+    kind: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabels {
+    hook: &'static str,
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Open => "open",
+        Status::Ongoing => "ongoing",
+        Status::Escalated => "escalated",
+        Status::Resolved => "resolved",
+    }
+}
+
+#[derive(Default)]
+struct Tracked {
+    ports: HashSet<u16>,
+    /// Diagnoses opened and not resolved yet, by id.
+    active: HashMap<String, Kind>,
+}
+
+pub struct Metrics {
+    failures: Family<FailureLabels, Counter>,
+    diagnoses: Family<DiagnosisLabels, Counter>,
+    open: Family<KindLabels, Gauge>,
+    hooks: Family<HookLabels, Gauge>,
+    tracked: Mutex<Tracked>,
+    max_ports: usize,
+}
+
+impl Metrics {
+    pub fn new(cfg: &MetricsConfig, hooks: &[HookStatus]) -> Metrics {
+        let m = Metrics {
+            failures: Family::default(),
+            diagnoses: Family::default(),
+            open: Family::default(),
+            hooks: Family::default(),
+            tracked: Mutex::new(Tracked::default()),
+            max_ports: cfg.max_ports,
+        };
+        // Every kind shows 0 from the start, so that alert rules and
+        // dashboards do not see "no data" instead of "nothing open".
+        for k in Kind::ALL {
+            m.open.get_or_create(&KindLabels { kind: k.as_str() }).set(0);
+        }
+        for h in hooks {
+            m.hooks.get_or_create(&HookLabels { hook: h.hook.name() }).set(i64::from(h.attached()));
+        }
+        m
+    }
+
+    /// Counts one record; called by the sink task for every record.
+    pub fn observe(&self, record: &Record) {
+        let Ok(mut tracked) = self.tracked.lock() else { return };
+        match record {
+            Record::Failure(e) => {
+                let port = e.destination.port;
+                let known = tracked.ports.contains(&port);
+                if !known && tracked.ports.len() < self.max_ports {
+                    tracked.ports.insert(port);
+                }
+                let port =
+                    if known || tracked.ports.contains(&port) { port.to_string() } else { "other".to_owned() };
+                let labels =
+                    FailureLabels { action: e.event.action.as_str(), port, direction: e.observer.direction.clone() };
+                self.failures.get_or_create(&labels).inc_by(e.event.count);
+            }
+            Record::Diagnosis(d) => {
+                let kind = d.diagnosis.kind;
+                let status = d.diagnosis.status;
+                self.diagnoses.get_or_create(&DiagnosisLabels { kind: kind.as_str(), status: status_name(status) }).inc();
+                // An update of a diagnosis opened before the engine forgot
+                // it still counts as open: the id is what matters.
+                let before = tracked.active.len();
+                match status {
+                    Status::Resolved => {
+                        tracked.active.remove(&d.diagnosis.id);
+                    }
+                    _ => {
+                        tracked.active.insert(d.diagnosis.id.clone(), kind);
+                    }
+                }
+                if tracked.active.len() != before {
+                    self.refresh_open(&tracked);
+                }
+            }
+        }
+    }
+
+    fn refresh_open(&self, tracked: &Tracked) {
+        for k in Kind::ALL {
+            let n = tracked.active.values().filter(|v| **v == k).count();
+            self.open.get_or_create(&KindLabels { kind: k.as_str() }).set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The registry a scrape encodes: these families plus the health
+    /// counters read live.
+    pub fn registry(&self, stats: Arc<Stats>, outputs: Arc<OutputStats>) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "observer_failures",
+            "Connection failures seen by the kernel (event.count summed), by action, destination port and direction",
+            self.failures.clone(),
+        );
+        r.register("observer_diagnoses", "Diagnosis records written, by kind and status", self.diagnoses.clone());
+        r.register("observer_diagnoses_open", "Diagnoses open now (not resolved), by kind", self.open.clone());
+        r.register("observer_hook_up", "1 when the hook is attached, 0 when disabled or unavailable", self.hooks.clone());
+        r.register_collector(Box::new(Health { stats, outputs }));
+        r
+    }
+}
+
+/// The daemon's counters, read at scrape time.
+#[derive(Debug)]
+struct Health {
+    stats: Arc<Stats>,
+    outputs: Arc<OutputStats>,
+}
+
+impl Collector for Health {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Destructured without `..`: a counter added to `Stats` does not
+        // compile until it is exported here too.
+        let Stats { records, decode_errors, written, write_errors, history_written, history_errors, history_dropped } =
+            &*self.stats;
+        let OutputStats {
+            syslog_sent,
+            syslog_dropped,
+            syslog_errors,
+            alerts_sent,
+            alerts_failed,
+            alerts_retries,
+            alerts_rate_limited,
+            alerts_dropped,
+        } = &*self.outputs;
+        let counters = [
+            ("observer_records_read", "Records read from the kernel ring buffer", records),
+            ("observer_decode_errors", "Ring buffer records rejected as malformed", decode_errors),
+            ("observer_records_written", "Records written to the JSON log", written),
+            ("observer_write_errors", "Records that could not be written to the JSON log", write_errors),
+            ("observer_history_written", "Records committed to the history database", history_written),
+            ("observer_history_errors", "Failed history commits (retried with the next batch)", history_errors),
+            ("observer_history_dropped", "Records the history could not keep (queue full)", history_dropped),
+            ("observer_syslog_sent", "Syslog messages sent", syslog_sent),
+            ("observer_syslog_dropped", "Records not sent to syslog because its queue was full", syslog_dropped),
+            ("observer_syslog_errors", "Syslog send or connect failures", syslog_errors),
+            ("observer_alerts_sent", "Webhook alerts delivered (2xx)", alerts_sent),
+            ("observer_alerts_failed", "Webhook alerts given up after retries or refused (4xx)", alerts_failed),
+            ("observer_alerts_retries", "Webhook delivery attempts that were retried", alerts_retries),
+            ("observer_alerts_rate_limited", "Alerts suppressed by the rate limit (summarized)", alerts_rate_limited),
+            ("observer_alerts_dropped", "Alerts not queued because the webhook queue was full", alerts_dropped),
+        ];
+        for (name, help, value) in counters {
+            let c = ConstCounter::new(Stats::get(value));
+            let metric = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds now, so that a taken port fails the start-up with its reason.
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(listen).await
+}
+
+/// Serves the registry until the task is aborted.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    // A scraper needs one connection; a bound keeps a flood of them from
+    // costing the daemon memory.
+    let slots = Arc::new(Semaphore::new(16));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("metrics endpoint: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!("metrics endpoint: too many connections, closing {peer}");
+            continue;
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &registry)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                debug!("metrics endpoint: {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, ctype: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, registry) {
+                Ok(()) => reply(StatusCode::OK, OPENMETRICS, body),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding: {e}\n")),
+            }
+        }
+        "/" => reply(StatusCode::OK, "text/plain", "observer: metrics at /metrics\n".into()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; metrics at /metrics\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Endpoint, EventMeta, FailureEvent, Network, ObserverFields};
+
+    fn failure(port: u16, count: u64) -> Record {
+        Record::Failure(FailureEvent {
+            timestamp: "2026-01-01T00:00:00Z".into(),
+            event: EventMeta::failure(observer_common::Action::Refused, count),
+            source: Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 },
+            destination: Endpoint { ip: "10.0.0.2".parse().unwrap(), port },
+            network: Network { transport: "tcp".into(), kind: "ipv4".into() },
+            observer: ObserverFields {
+                netns: 1,
+                reason: None,
+                tcp_state: None,
+                stage: None,
+                listener: None,
+                direction: "inbound".into(),
+            },
+            process: None,
+        })
+    }
+
+    fn scrape(m: &Metrics) -> String {
+        let r = m.registry(Arc::new(Stats::default()), Arc::new(OutputStats::default()));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        out
+    }
+
+    #[test]
+    fn ports_beyond_the_cap_are_counted_as_other() {
+        let m = Metrics::new(&MetricsConfig { listen: String::new(), max_ports: 2 }, &[]);
+        for (port, n) in [(80, 1), (443, 2), (8080, 3), (9090, 4), (80, 5)] {
+            m.observe(&failure(port, n));
+        }
+        let text = scrape(&m);
+        let line = |p: &str| format!("observer_failures_total{{action=\"refused\",port=\"{p}\",direction=\"inbound\"}}");
+        assert!(text.contains(&format!("{} 6\n", line("80"))), "{text}");
+        assert!(text.contains(&format!("{} 2\n", line("443"))), "{text}");
+        assert!(text.contains(&format!("{} 7\n", line("other"))), "{text}");
+        assert!(!text.contains("port=\"8080\""), "{text}");
+        assert!(text.contains("observer_diagnoses_open{kind=\"no_listener\"} 0\n"), "{text}");
+        assert!(text.contains("observer_records_read_total 0\n"), "{text}");
+    }
+}

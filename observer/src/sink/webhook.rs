@@ -1,0 +1,411 @@
+//! Webhook alerts: one JSON POST when a diagnosis opens and when it
+//! escalates; never per failure event, never per ongoing update.
+//!
+//! The body is the diagnosis record of the JSON contract (the same object
+//! as in the log), plus ECS `message` (one line for chat tools and pagers)
+//! and `host.name` (a receiver serves many hosts). `Idempotency-Key` is the
+//! same on every retry of one alert, so a receiver can drop duplicates
+//! when a response was lost.
+//!
+//! Delivery: connection errors, timeouts, 5xx and 429 are retried with
+//! exponential backoff (honouring Retry-After); other 4xx are final.
+//! Rate limit: at most `max_per_minute` POSTs in any 60 s; alerts beyond
+//! it are counted by kind and sent as one summary when the window has
+//! room again. The sink task hands alerts over with `try_send` to a
+//! bounded queue: a slow or dead receiver never holds up the pipeline.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, Request, StatusCode, Uri};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{
+    outputs::{OutputStats, WarnLimiter},
+    Record,
+};
+use crate::diagnose::record::{DiagnosisRecord, Status};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `http://host:port/path` to POST alerts to; empty: no alerts.
+    pub webhook_url: String,
+    /// Per attempt: connect, send, and the response's status line.
+    pub timeout_ms: u64,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles on each further one.
+    pub backoff_ms: u64,
+    /// Longest delay between two attempts.
+    pub backoff_max_ms: u64,
+    /// POSTs in any 60 seconds, summaries included.
+    pub max_per_minute: u32,
+    /// Alerts waiting for delivery; beyond it they are dropped and counted.
+    pub queue: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_url: String::new(),
+            timeout_ms: 5000,
+            max_retries: 5,
+            backoff_ms: 1000,
+            backoff_max_ms: 60_000,
+            max_per_minute: 10,
+            queue: 256,
+        }
+    }
+}
+
+impl AlertsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.webhook_url.is_empty() {
+            return Ok(());
+        }
+        self.uri()?;
+        if self.timeout_ms == 0 {
+            return Err("alerts.timeout_ms must be at least 1".into());
+        }
+        if self.backoff_ms == 0 || self.backoff_max_ms < self.backoff_ms {
+            return Err("alerts.backoff_ms must be at least 1 and at most alerts.backoff_max_ms".into());
+        }
+        if self.max_per_minute == 0 || self.queue == 0 {
+            return Err("alerts.max_per_minute and alerts.queue must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn uri(&self) -> Result<Uri, String> {
+        let bad = |why: &str| format!("alerts.webhook_url = {:?}: {why}", self.webhook_url);
+        let uri: Uri = self.webhook_url.parse().map_err(|e| bad(&format!("{e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(bad(
+                    "https is not supported; send to a local relay over http (e.g. a reverse proxy on 127.0.0.1)",
+                ))
+            }
+            _ => return Err(bad("an http:// URL is needed")),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(bad("no host"));
+        }
+        Ok(uri)
+    }
+}
+
+/// Whether a record is worth waking someone for.
+pub fn alerts_on(record: &DiagnosisRecord) -> bool {
+    matches!(record.diagnosis.status, Status::Open | Status::Escalated)
+}
+
+pub struct WebhookSink {
+    tx: mpsc::Sender<Box<DiagnosisRecord>>,
+    stats: Arc<OutputStats>,
+}
+
+impl WebhookSink {
+    pub fn start(cfg: &AlertsConfig, stats: Arc<OutputStats>) -> Result<(WebhookSink, tokio::task::JoinHandle<()>), String> {
+        let uri = cfg.uri()?;
+        let (tx, rx) = mpsc::channel(cfg.queue);
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(cfg.timeout_ms)));
+        let poster = Poster {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            uri,
+            host: host_name(),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            max_retries: cfg.max_retries,
+            backoff: Duration::from_millis(cfg.backoff_ms),
+            backoff_max: Duration::from_millis(cfg.backoff_max_ms),
+            limit: RateLimit::new(cfg.max_per_minute as usize, Duration::from_secs(60)),
+            suppressed: Suppressed::default(),
+            stats: stats.clone(),
+            warn: WarnLimiter::new("webhook", Duration::from_secs(60)),
+        };
+        Ok((WebhookSink { tx, stats }, tokio::spawn(poster.run(rx))))
+    }
+
+    /// Queues an alert for an opening or escalation; ignores everything
+    /// else; never waits.
+    pub fn offer(&self, record: &Record) {
+        let Record::Diagnosis(d) = record else { return };
+        if alerts_on(d) && self.tx.try_send(d.clone()).is_err() {
+            OutputStats::inc(&self.stats.alerts_dropped);
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+/// At most `max` events in any `period`.
+struct RateLimit {
+    max: usize,
+    period: Duration,
+    sent: VecDeque<Instant>,
+}
+
+impl RateLimit {
+    fn new(max: usize, period: Duration) -> RateLimit {
+        RateLimit { max, period, sent: VecDeque::new() }
+    }
+
+    fn has_room(&mut self, now: Instant) -> bool {
+        while self.sent.front().is_some_and(|t| now.duration_since(*t) >= self.period) {
+            self.sent.pop_front();
+        }
+        self.sent.len() < self.max
+    }
+
+    fn admit(&mut self, now: Instant) -> bool {
+        let ok = self.has_room(now);
+        if ok {
+            self.sent.push_back(now);
+        }
+        ok
+    }
+}
+
+#[derive(Default)]
+struct Suppressed {
+    since: Option<SystemTime>,
+    by_kind: BTreeMap<String, u64>,
+}
+
+impl Suppressed {
+    fn count(&self) -> u64 {
+        self.by_kind.values().sum()
+    }
+}
+
+struct Poster {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    host: String,
+    timeout: Duration,
+    max_retries: u32,
+    backoff: Duration,
+    backoff_max: Duration,
+    limit: RateLimit,
+    suppressed: Suppressed,
+    stats: Arc<OutputStats>,
+    warn: WarnLimiter,
+}
+
+enum Attempt {
+    Delivered,
+    Retry(Option<Duration>),
+    Final(String),
+}
+
+impl Poster {
+    async fn run(mut self, mut rx: mpsc::Receiver<Box<DiagnosisRecord>>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(d) => self.alert(&d).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.summarize().await,
+            }
+        }
+        self.summarize().await;
+    }
+
+    async fn alert(&mut self, d: &DiagnosisRecord) {
+        if !self.limit.admit(Instant::now()) {
+            OutputStats::inc(&self.stats.alerts_rate_limited);
+            self.suppressed.since.get_or_insert_with(SystemTime::now);
+            *self.suppressed.by_kind.entry(d.diagnosis.kind.as_str().to_owned()).or_default() += 1;
+            return;
+        }
+        let Some(body) = alert_body(d, &self.host) else {
+            OutputStats::inc(&self.stats.alerts_failed);
+            return;
+        };
+        let status = match d.diagnosis.status {
+            Status::Escalated => "escalated",
+            _ => "open",
+        };
+        let key = format!("{}/{}/{status}", d.diagnosis.id, d.diagnosis.first_seen);
+        self.deliver(body, &key).await;
+    }
+
+    /// One POST that says how many alerts the rate limit held back.
+    async fn summarize(&mut self) {
+        let n = self.suppressed.count();
+        if n == 0 || !self.limit.admit(Instant::now()) {
+            return;
+        }
+        let s = std::mem::take(&mut self.suppressed);
+        let since = humantime::format_rfc3339_micros(s.since.unwrap_or_else(SystemTime::now)).to_string();
+        let kinds: Vec<String> = s.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let body = json!({
+            "@timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            "event": { "dataset": "observer.alert_summary", "kind": "alert", "category": ["network"] },
+            "host": { "name": self.host },
+            "message": format!(
+                "observer on {}: {n} more alerts held back by the rate limit ({} per minute) since {since}: {}",
+                self.host, self.limit.max, kinds.join(", ")
+            ),
+            "suppressed": { "count": n, "since": since, "by_kind": s.by_kind },
+        });
+        let key = format!("summary/{since}");
+        self.deliver(Bytes::from(body.to_string()), &key).await;
+    }
+
+    async fn deliver(&mut self, body: Bytes, key: &str) {
+        let mut delay = self.backoff;
+        let mut retries = 0;
+        loop {
+            match self.post(body.clone(), key).await {
+                Attempt::Delivered => {
+                    OutputStats::inc(&self.stats.alerts_sent);
+                    return;
+                }
+                Attempt::Final(why) => {
+                    OutputStats::inc(&self.stats.alerts_failed);
+                    self.warn.warn(format_args!("{why}; the alert is dropped"));
+                    return;
+                }
+                Attempt::Retry(after) => {
+                    if retries == self.max_retries {
+                        OutputStats::inc(&self.stats.alerts_failed);
+                        self.warn.warn(format_args!("giving up on an alert after {} attempts", retries + 1));
+                        return;
+                    }
+                    retries += 1;
+                    OutputStats::inc(&self.stats.alerts_retries);
+                    // The receiver's Retry-After is taken as is; our own
+                    // backoff gets jitter.
+                    let wait = after.map_or_else(|| jitter(delay), |a| a.min(self.backoff_max));
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(self.backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn post(&mut self, body: Bytes, key: &str) -> Attempt {
+        let req = Request::post(self.uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, concat!("observer/", env!("CARGO_PKG_VERSION")))
+            .header("Idempotency-Key", key)
+            .body(Full::new(body));
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => return Attempt::Final(format!("building the request: {e}")),
+        };
+        let uri = &self.uri;
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => {
+                self.warn.warn(format_args!("POST {uri}: no response within {:?}; retrying", self.timeout));
+                Attempt::Retry(None)
+            }
+            Ok(Err(e)) => {
+                self.warn.warn(format_args!("POST {uri}: {e}; retrying"));
+                Attempt::Retry(None)
+            }
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                if status.is_success() {
+                    Attempt::Delivered
+                } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                    let after = resp
+                        .headers()
+                        .get(header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    self.warn.warn(format_args!("POST {uri}: {status}; retrying"));
+                    Attempt::Retry(after)
+                } else {
+                    Attempt::Final(format!("POST {uri}: {status}"))
+                }
+            }
+        }
+    }
+}
+
+/// Up to a quarter less than `d`, so that hosts alerting the same
+/// receiver after an outage do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0)
+        ^ std::process::id();
+    let quarter = d.as_millis() as u64 / 4;
+    if quarter == 0 {
+        return d;
+    }
+    d.saturating_sub(Duration::from_millis(u64::from(seed) % quarter))
+}
+
+/// The diagnosis record plus `message` and `host.name`.
+pub fn alert_body(d: &DiagnosisRecord, host: &str) -> Option<Bytes> {
+    let mut v = serde_json::to_value(d).ok()?;
+    let obj = v.as_object_mut()?;
+    let what = match d.diagnosis.status {
+        Status::Escalated => "escalated",
+        _ => "opened",
+    };
+    let message = format!(
+        "observer on {host}: {} {what} on port {}: {}",
+        d.diagnosis.kind, d.destination.port, d.diagnosis.summary
+    );
+    obj.insert("message".into(), message.into());
+    obj.insert("host".into(), json!({ "name": host }));
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_urls_with_a_host_are_accepted() {
+        let cfg = |url: &str| AlertsConfig { webhook_url: url.into(), ..AlertsConfig::default() };
+        assert!(cfg("").validate().is_ok());
+        assert!(cfg("http://127.0.0.1:8080/hook").validate().is_ok());
+        assert!(cfg("https://example.com/hook").validate().unwrap_err().contains("https"));
+        assert!(cfg("ftp://example.com/").validate().is_err());
+        assert!(cfg("/just/a/path").validate().is_err());
+        assert!(AlertsConfig { max_per_minute: 0, ..cfg("http://h/") }.validate().is_err());
+    }
+
+    #[test]
+    fn rate_limit_is_a_sliding_window() {
+        let mut r = RateLimit::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(r.admit(t0));
+        assert!(r.admit(t0 + Duration::from_secs(10)));
+        assert!(!r.admit(t0 + Duration::from_secs(59)));
+        assert!(r.admit(t0 + Duration::from_secs(60)));
+        assert!(!r.admit(t0 + Duration::from_secs(61)));
+        assert!(r.admit(t0 + Duration::from_secs(70)));
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for ms in [0, 3, 100, 1000] {
+            let d = Duration::from_millis(ms);
+            let j = jitter(d);
+            assert!(j <= d && j >= d - d / 4, "{ms}: {j:?}");
+        }
+    }
+}
