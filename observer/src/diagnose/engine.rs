@@ -77,7 +77,8 @@ impl Engine {
     pub fn observe(&mut self, e: &FailureEvent, now: SystemTime) {
         let Some(class) = classify(e) else { return };
         let (window, max_clients) = (self.cfg.window_secs, self.cfg.max_clients);
-        if class.scannable() && self.cfg.scan_ports > 0 {
+        // A reconciliation record has no client: it cannot make a source a scanner.
+        if class.scannable() && self.cfg.scan_ports > 0 && !e.event.reconciled {
             let source = (e.observer.netns, e.source.ip);
             let ports = self.sources.get_or_insert_mut(source, Vec::new);
             if !ports.contains(&e.destination.port) && ports.len() <= self.cfg.scan_ports {

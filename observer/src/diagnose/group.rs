@@ -139,13 +139,16 @@ impl Group {
         if let Some(r) = &e.observer.reason {
             *self.reasons.entry(r.clone()).or_default() += n;
         }
-        let client = e.source.ip;
-        if let Some(c) = self.clients.get_mut(&client) {
-            *c += n;
-        } else if self.clients.len() < max_clients {
-            self.clients.insert(client, n);
-        } else {
-            self.clients_capped = true;
+        // A reconciliation record has no client: it is counted per endpoint only.
+        let client = (!e.event.reconciled).then_some(e.source.ip);
+        if let Some(client) = client {
+            if let Some(c) = self.clients.get_mut(&client) {
+                *c += n;
+            } else if self.clients.len() < max_clients {
+                self.clients.insert(client, n);
+            } else {
+                self.clients_capped = true;
+            }
         }
         if let Some(p) = &e.process {
             if self.processes.len() < 64 || self.processes.contains_key(p) {
