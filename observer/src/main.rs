@@ -37,7 +37,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.global.config.as_deref())?;
-    if let Some(dir) = cli.global.state_dir {
+    if let Some(dir) = cli.global.state_dir.clone() {
         config.daemon.state_dir = dir;
     }
     match cli.command {
@@ -79,7 +79,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Lab(args) => {
-            let opts = observer::lab::Options { only: args.only, config: cli.global.config };
+            let opts = observer::lab::Options {
+                only: args.only,
+                config: cli.global.config,
+                state_dir: cli.global.state_dir.is_some().then(|| config.daemon.state_dir.clone()),
+            };
             let outcomes = observer::lab::run(&opts)?;
             match args.format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&outcomes)?),

@@ -16,7 +16,10 @@ use super::{
     group::{Class, Group, Key, Opened},
     record::{Kind, Status},
 };
-use crate::{config::DiagnosisConfig, event::FailureEvent};
+use crate::{
+    config::DiagnosisConfig,
+    event::{FailureEvent, Process},
+};
 
 /// A diagnosis to write now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +168,7 @@ impl Engine {
 
     /// Records that the diagnosis for `key` was written; a resolved episode
     /// ends, so the next failure there starts a new one (same id).
-    pub fn emitted(&mut self, key: &Key, kind: Kind, id: &str, status: Status, now: SystemTime) {
+    pub fn emitted(&mut self, key: &Key, kind: Kind, id: &str, status: Status, now: SystemTime, process: Option<&Process>) {
         let window = self.cfg.window_secs;
         if status == Status::Resolved {
             self.groups.pop(key);
@@ -182,7 +185,11 @@ impl Engine {
             emitted_count: count,
             opening_rate: rate.max(1),
             escalated: false,
+            process: None,
         });
+        if o.process.is_none() {
+            o.process = process.cloned();
+        }
         o.last_emit = Instant::now();
         o.last_status = status;
         o.emitted_count = count;
@@ -229,13 +236,13 @@ mod tests {
         let due = e.due(t0);
         assert_eq!(due.len(), 1);
         assert_eq!((due[0].key.class, due[0].key.port, due[0].status), (Class::Refused, 8080, Status::Open));
-        e.emitted(&due[0].key, Kind::NoListener, "x", Status::Open, t0);
+        e.emitted(&due[0].key, Kind::NoListener, "x", Status::Open, t0, None);
         assert!(e.due(t0).is_empty(), "nothing new: no update");
         e.observe(&ev(Action::Refused, "192.0.2.3", 8080, None), t0);
         assert_eq!(e.due(t0)[0].status, Status::Ongoing);
         let g = e.group_of(&due[0].key).unwrap();
         assert_eq!((g.count, g.clients()), (4, 3));
-        e.emitted(&due[0].key, Kind::NoListener, "x", Status::Ongoing, t0);
+        e.emitted(&due[0].key, Kind::NoListener, "x", Status::Ongoing, t0, None);
         let later = t0 + Duration::from_secs(cfg().resolve_after_secs);
         assert_eq!(e.due(later)[0].status, Status::Resolved);
     }

@@ -75,6 +75,9 @@ pub struct Opened {
     /// The window count when the episode opened, for escalation.
     pub opening_rate: u64,
     pub escalated: bool,
+    /// The process named when the episode opened: it stays the answer
+    /// after that process exits (a crashed listener is the point).
+    pub process: Option<Process>,
 }
 
 #[derive(Clone, Debug)]

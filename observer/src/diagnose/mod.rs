@@ -114,8 +114,11 @@ impl Diagnoser {
                 now,
                 own_netns: self.own_netns,
             };
-            let rec = explain::record(&d.key, g, cx);
-            self.engine.emitted(&d.key, kind, &rec.diagnosis.id, d.status, now);
+            let mut rec = explain::record(&d.key, g, cx);
+            if rec.process.is_none() {
+                rec.process = g.opened.as_ref().and_then(|o| o.process.clone());
+            }
+            self.engine.emitted(&d.key, kind, &rec.diagnosis.id, d.status, now, rec.process.as_ref());
             out.push(rec);
         }
         out

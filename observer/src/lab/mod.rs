@@ -84,12 +84,12 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(exe: &Path, dir: &Path, config: Option<&Path>) -> anyhow::Result<Daemon> {
+    fn start(exe: &Path, dir: &Path, state: &Path, config: Option<&Path>) -> anyhow::Result<Daemon> {
         let mut cmd = Command::new(exe);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        cmd.arg("--state-dir").arg(dir.join("state")).arg("run").arg("--json-log").arg(dir.join("events.ndjson"));
+        cmd.arg("--state-dir").arg(state).arg("run").arg("--json-log").arg(dir.join("events.ndjson"));
         // The readiness line is logged at info, whatever the caller's level.
         cmd.env("OBSERVER_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting observer run")?;
@@ -127,6 +127,8 @@ impl Daemon {
 pub struct Options {
     pub only: Vec<String>,
     pub config: Option<PathBuf>,
+    /// Keep the lab daemon's history here (else a temporary directory).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Runs the scenarios (in parallel: each has its own namespaces and
@@ -137,7 +139,8 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Outcome>> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = crate::config::Config::load(opts.config.as_deref())?;
     let poll = Duration::from_millis(config.enrich.poll_interval_ms) + Duration::from_millis(500);
-    let daemon = Daemon::start(&exe, &dir, opts.config.as_deref())?;
+    let state = opts.state_dir.clone().unwrap_or_else(|| dir.join("state"));
+    let daemon = Daemon::start(&exe, &dir, &state, opts.config.as_deref())?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let tailer = {

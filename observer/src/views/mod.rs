@@ -26,7 +26,8 @@ pub fn sparkline(counts: &[u64]) -> String {
             if c == 0 || max == 0 {
                 ' '
             } else {
-                BARS[((c - 1) * (BARS.len() as u64 - 1) / max.max(1)) as usize]
+                let n = BARS.len() as u64;
+                BARS[((c * n).div_ceil(max) - 1).min(n - 1) as usize]
             }
         })
         .collect()

@@ -129,6 +129,13 @@ impl Daemon {
     /// text; waits for its readiness line.
     pub fn start_with(args: &[&str], config: Option<&str>) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        Daemon::start_in(dir, &state, args, config)
+    }
+
+    /// Starts the daemon on a given state directory (to restart it on the
+    /// same history); `dir` holds the log and the config file.
+    pub fn start_in(dir: tempfile::TempDir, state: &Path, args: &[&str], config: Option<&str>) -> Daemon {
         let log = dir.path().join("events.ndjson");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_observer"));
         if let Some(text) = config {
@@ -136,7 +143,7 @@ impl Daemon {
             std::fs::write(&path, text).expect("write config");
             cmd.arg("--config").arg(path);
         }
-        cmd.arg("--state-dir").arg(dir.path().join("state"));
+        cmd.arg("--state-dir").arg(state);
         cmd.arg("run").arg("--json-log").arg(&log).args(args);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn observer");
