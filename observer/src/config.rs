@@ -42,6 +42,12 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Group that may read the history (the CLI without root); empty: root only.
     pub group: String,
+    /// Rotate the JSON log past this size in bytes (0: never).
+    pub json_log_max_bytes: u64,
+    /// Rotated JSON logs kept (`.1` newest).
+    pub json_log_keep: u32,
+    /// fsync the JSON log at most this often while records arrive, in milliseconds.
+    pub json_log_fsync_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,6 +171,9 @@ impl Default for DaemonConfig {
             json_log: PathBuf::from("/var/log/observer/events.ndjson"),
             state_dir: PathBuf::from("/var/lib/observer"),
             group: String::new(),
+            json_log_max_bytes: 100 << 20,
+            json_log_keep: 5,
+            json_log_fsync_ms: 5000,
         }
     }
 }
@@ -267,6 +276,15 @@ impl Config {
 json_log = {json_log:?}
 # History (SQLite) and runtime state.
 state_dir = {state_dir:?}
+# Size-based rotation of the JSON log: past json_log_max_bytes (0: never)
+# it is renamed to .1 (older ones shift up to .json_log_keep) and a new
+# file is started; shippers follow by inode.
+json_log_max_bytes = {log_max}
+json_log_keep = {log_keep}
+# Lines reach the kernel at once; they are fsync'd at most this often
+# (milliseconds) while records arrive, before each rotation and at
+# shutdown: a host crash loses at most this much of the log.
+json_log_fsync_ms = {log_fsync}
 # Group whose members may read the history with the CLI, without root
 # (the directory is made 0750 and the database 0640 for it). Empty: root only.
 group = ""
@@ -356,6 +374,9 @@ cgroup_root = ""
             cpoll = d.capture.counter_poll_ms,
             lossw = d.capture.loss_warning_secs,
             hooks = crate::hooks::HOOKS.iter().map(|h| h.program).collect::<Vec<_>>().join(", "),
+            log_max = d.daemon.json_log_max_bytes,
+            log_keep = d.daemon.json_log_keep,
+            log_fsync = d.daemon.json_log_fsync_ms,
             hist_age = d.history.max_age_days,
             hist_bytes = d.history.max_bytes,
             hist_pending = d.history.pending_max,

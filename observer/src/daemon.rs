@@ -26,7 +26,11 @@ use crate::{
     hooks::{self, HookState},
     kernel::{layout::KernelLayout, tracefs::Tracefs},
     privilege,
-    sink::{ndjson::NdjsonSink, outputs::Outputs, Record},
+    sink::{
+        ndjson::{NdjsonSink, Policy},
+        outputs::Outputs,
+        Record,
+    },
     stats::Stats,
 };
 
@@ -83,7 +87,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Duration::from_secs(config.capture.loss_warning_secs),
         stats.clone(),
     ));
-    let mut sink = NdjsonSink::open(&config.daemon.json_log)
+    let policy = Policy {
+        max_bytes: config.daemon.json_log_max_bytes,
+        keep: config.daemon.json_log_keep,
+        fsync_interval: Duration::from_millis(config.daemon.json_log_fsync_ms),
+    };
+    let mut sink = NdjsonSink::with_policy(&config.daemon.json_log, policy)
         .with_context(|| format!("opening the JSON log {}", config.daemon.json_log.display()))?;
     let outputs = Outputs::start(&config, stats.clone(), &statuses).await.context("starting the outputs")?;
 

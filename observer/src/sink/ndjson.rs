@@ -1,30 +1,72 @@
 //! The NDJSON log: one JSON object per line, for SIEM shippers.
 //!
-//! Flush policy: lines are buffered and flushed whenever the pipeline has
-//! no more events waiting (so a shipper tailing the file sees an event
-//! within milliseconds), and fsync'd on shutdown. A write error (disk full)
-//! is counted and reported, never fatal: the record stays in the history.
+//! Durability policy:
+//! - lines are buffered and handed to the kernel whenever the pipeline has
+//!   no more records waiting, so a shipper tailing the file sees a record
+//!   within milliseconds;
+//! - fsync at most every `fsync_interval` while records arrive (a crash of
+//!   the host loses at most that much of the log; the history database
+//!   commits on its own), before each rotation, and at shutdown;
+//! - size-based rotation: past `max_bytes` the file is renamed to `.1`
+//!   (older ones shift to `.2` ... `.keep`, the oldest is deleted) and a new
+//!   file is started, the way logrotate's `create` mode does, which every
+//!   shipper follows by inode;
+//! - a write error (disk full) is counted and reported, never fatal: the
+//!   record is still in the history and the other outputs.
 
 use std::{
     fs::{File, OpenOptions},
     io::{BufWriter, Write},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
 
+/// Rotation and fsync settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// Rotate past this size (0: never).
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+    pub fsync_interval: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { max_bytes: 0, keep: 0, fsync_interval: Duration::from_secs(5) }
+    }
+}
+
 pub struct NdjsonSink {
     path: PathBuf,
     out: BufWriter<File>,
+    policy: Policy,
+    size: u64,
+    last_sync: Instant,
+    dirty: bool,
 }
 
 impl NdjsonSink {
     pub fn open(path: &Path) -> std::io::Result<NdjsonSink> {
+        NdjsonSink::with_policy(path, Policy::default())
+    }
+
+    pub fn with_policy(path: &Path, policy: Policy) -> std::io::Result<NdjsonSink> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(NdjsonSink { path: path.to_owned(), out: BufWriter::new(file) })
+        let file = open_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(NdjsonSink {
+            path: path.to_owned(),
+            out: BufWriter::new(file),
+            policy,
+            size,
+            last_sync: Instant::now(),
+            dirty: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -34,18 +76,64 @@ impl NdjsonSink {
     pub fn write<T: Serialize>(&mut self, record: &T) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        self.out.write_all(&line)
+        if self.policy.max_bytes > 0 && self.size > 0 && self.size + line.len() as u64 > self.policy.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(&line)?;
+        self.size += line.len() as u64;
+        self.dirty = true;
+        Ok(())
     }
 
+    /// Hands buffered lines to the kernel, and fsyncs when the interval has passed.
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        self.out.flush()?;
+        if self.dirty && self.last_sync.elapsed() >= self.policy.fsync_interval {
+            self.sync()?;
+        }
+        Ok(())
     }
 
     /// Flushes and fsyncs: what is acknowledged is on disk.
     pub fn sync(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_all()
+        self.out.get_ref().sync_all()?;
+        self.last_sync = Instant::now();
+        self.dirty = false;
+        Ok(())
     }
+
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.sync()?;
+        let keep = self.policy.keep;
+        if keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            let _ = std::fs::remove_file(self.rotated(keep));
+            for n in (1..keep).rev() {
+                let from = self.rotated(n);
+                if from.exists() {
+                    std::fs::rename(&from, self.rotated(n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, self.rotated(1))?;
+        }
+        self.out = BufWriter::new(open_append(&self.path)?);
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    // 0640: the log holds client addresses; readable by the observer group.
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
 }
 
 #[cfg(test)]
@@ -70,5 +158,31 @@ mod tests {
         for l in lines {
             serde_json::from_str::<serde_json::Value>(l).unwrap();
         }
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.ndjson");
+        let policy = Policy { max_bytes: 100, keep: 2, fsync_interval: Duration::ZERO };
+        let mut s = NdjsonSink::with_policy(&path, policy).unwrap();
+        for i in 0..40 {
+            s.write(&serde_json::json!({"n": i, "pad": "xxxxxxxxxxxxxxxx"})).unwrap();
+            s.flush().unwrap();
+        }
+        s.sync().unwrap();
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let (cur, one, two) = (read(&path), read(&dir.path().join("log.ndjson.1")), read(&dir.path().join("log.ndjson.2")));
+        assert!(!dir.path().join("log.ndjson.3").exists(), "only `keep` rotated files");
+        for text in [&cur, &one, &two] {
+            assert!(!text.is_empty() && text.len() <= 100, "{text:?}");
+            for l in text.lines() {
+                serde_json::from_str::<serde_json::Value>(l).unwrap();
+            }
+        }
+        assert!(cur.contains("\"n\":39"), "the newest record is in the current file");
+        let n = |t: &str| t.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap()).collect::<Vec<_>>();
+        let (a, b, c) = (n(&two), n(&one), n(&cur));
+        assert!(a.last() < b.first() && b.last() < c.first(), "{a:?} {b:?} {c:?}");
     }
 }
