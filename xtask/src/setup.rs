@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces in tests and the lab"),
     ("procps", "sysctl in tests"),
     ("util-linux", "setpriv for the privilege tests"),
+    ("rsyslog", "a real syslog receiver for the syslog output tests"),
 ];
 
 /// Name under which rustc-web is registered with rustup (observer/build.rs).

@@ -143,8 +143,7 @@ impl Metrics {
                 if !known && tracked.ports.len() < self.max_ports {
                     tracked.ports.insert(port);
                 }
-                let port =
-                    if known || tracked.ports.contains(&port) { port.to_string() } else { "other".to_owned() };
+                let port = if known || tracked.ports.contains(&port) { port.to_string() } else { "other".to_owned() };
                 let labels =
                     FailureLabels { action: e.event.action.as_str(), port, direction: e.observer.direction.clone() };
                 self.failures.get_or_create(&labels).inc_by(e.event.count);
@@ -152,7 +151,9 @@ impl Metrics {
             Record::Diagnosis(d) => {
                 let kind = d.diagnosis.kind;
                 let status = d.diagnosis.status;
-                self.diagnoses.get_or_create(&DiagnosisLabels { kind: kind.as_str(), status: status_name(status) }).inc();
+                self.diagnoses
+                    .get_or_create(&DiagnosisLabels { kind: kind.as_str(), status: status_name(status) })
+                    .inc();
                 // An update of a diagnosis opened before the engine forgot
                 // it still counts as open: the id is what matters.
                 let before = tracked.active.len();
@@ -189,7 +190,11 @@ impl Metrics {
         );
         r.register("observer_diagnoses", "Diagnosis records written, by kind and status", self.diagnoses.clone());
         r.register("observer_diagnoses_open", "Diagnoses open now (not resolved), by kind", self.open.clone());
-        r.register("observer_hook_up", "1 when the hook is attached, 0 when disabled or unavailable", self.hooks.clone());
+        r.register(
+            "observer_hook_up",
+            "1 when the hook is attached, 0 when disabled or unavailable",
+            self.hooks.clone(),
+        );
         r.register_collector(Box::new(Health { stats, outputs }));
         r
     }
@@ -204,10 +209,27 @@ struct Health {
 
 impl Collector for Health {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // Destructured without `..`: a counter added to `Stats` does not
-        // compile until it is exported here too.
-        let Stats { records, decode_errors, written, write_errors, history_written, history_errors, history_dropped } =
-            &*self.stats;
+        // `..` so that a counter added to `Stats` does not break the build
+        // of whoever adds it; the test `every_stats_counter_is_exported`
+        // fails instead until it is listed here.
+        let Stats {
+            records,
+            decode_errors,
+            written,
+            write_errors,
+            history_written,
+            history_errors,
+            history_dropped,
+            kernel_ringbuf_full,
+            kernel_counter_map_full,
+            kernel_read_failed,
+            reconciled_records,
+            reconciled_occurrences,
+            counter_resets,
+            counter_keys_evicted,
+            counter_poll_errors,
+            ..
+        } = &*self.stats;
         let OutputStats {
             syslog_sent,
             syslog_dropped,
@@ -226,6 +248,42 @@ impl Collector for Health {
             ("observer_history_written", "Records committed to the history database", history_written),
             ("observer_history_errors", "Failed history commits (retried with the next batch)", history_errors),
             ("observer_history_dropped", "Records the history could not keep (queue full)", history_dropped),
+            (
+                "observer_kernel_ringbuf_full",
+                "Samples the kernel could not put into the full ring buffer (their occurrences are reconciled)",
+                kernel_ringbuf_full,
+            ),
+            (
+                "observer_kernel_counter_map_full",
+                "Occurrences lost because the kernel counter map refused their key",
+                kernel_counter_map_full,
+            ),
+            (
+                "observer_kernel_read_failed",
+                "Occurrences lost because a kernel read in a hook failed",
+                kernel_read_failed,
+            ),
+            (
+                "observer_reconciled_records",
+                "Reconciliation records written for occurrences no sample carried",
+                reconciled_records,
+            ),
+            (
+                "observer_reconciled_occurrences",
+                "Occurrences the reconciliation records stand for",
+                reconciled_occurrences,
+            ),
+            (
+                "observer_counter_resets",
+                "Counter keys the kernel evicted and re-created before they were read (counts may be low)",
+                counter_resets,
+            ),
+            (
+                "observer_counter_keys_evicted",
+                "Keys whose reconciliation state was dropped to stay within the memory cap",
+                counter_keys_evicted,
+            ),
+            ("observer_counter_poll_errors", "Failed reads of the kernel's counter or loss maps", counter_poll_errors),
             ("observer_syslog_sent", "Syslog messages sent", syslog_sent),
             ("observer_syslog_dropped", "Records not sent to syslog because its queue was full", syslog_dropped),
             ("observer_syslog_errors", "Syslog send or connect failures", syslog_errors),
@@ -235,8 +293,14 @@ impl Collector for Health {
             ("observer_alerts_rate_limited", "Alerts suppressed by the rate limit (summarized)", alerts_rate_limited),
             ("observer_alerts_dropped", "Alerts not queued because the webhook queue was full", alerts_dropped),
         ];
-        for (name, help, value) in counters {
-            let c = ConstCounter::new(Stats::get(value));
+        let lost = Stats::get(kernel_counter_map_full) + Stats::get(kernel_read_failed);
+        let values = counters.into_iter().map(|(name, help, v)| (name, help, Stats::get(v))).chain([(
+            "observer_events_lost",
+            "Failure occurrences in no count (kernel map full, kernel read failed)",
+            lost,
+        )]);
+        for (name, help, value) in values {
+            let c = ConstCounter::new(value);
             let metric = encoder.encode_descriptor(name, help, None, c.metric_type())?;
             c.encode(metric)?;
         }
@@ -341,6 +405,37 @@ mod tests {
         out
     }
 
+    /// Field names of `Stats` from its Debug output: no list to keep in step.
+    fn stats_fields() -> Vec<String> {
+        let text = format!("{:?}", Stats::default());
+        let inner = text.trim_start_matches("Stats {").trim_end_matches('}');
+        inner
+            .split(',')
+            .filter_map(|f| f.split(':').next())
+            .map(|f| f.trim().to_owned())
+            .filter(|f| !f.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn every_stats_counter_is_exported() {
+        let text = scrape(&Metrics::new(&MetricsConfig::default(), &[]));
+        let exported: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# HELP ")).collect();
+        let fields = stats_fields();
+        assert!(fields.len() >= 4, "{fields:?}");
+        for field in fields {
+            let name = match field.as_str() {
+                "records" => "observer_records_read".to_owned(),
+                "written" => "observer_records_written".to_owned(),
+                f => format!("observer_{f}"),
+            };
+            assert!(
+                exported.iter().any(|h| h.starts_with(&format!("{name} "))),
+                "Stats.{field} is not exported as {name} (add it to Health::encode in sink/metrics.rs):\n{text}"
+            );
+        }
+    }
+
     #[test]
     fn ports_beyond_the_cap_are_counted_as_other() {
         let m = Metrics::new(&MetricsConfig { listen: String::new(), max_ports: 2 }, &[]);
@@ -348,7 +443,8 @@ mod tests {
             m.observe(&failure(port, n));
         }
         let text = scrape(&m);
-        let line = |p: &str| format!("observer_failures_total{{action=\"refused\",port=\"{p}\",direction=\"inbound\"}}");
+        let line =
+            |p: &str| format!("observer_failures_total{{action=\"refused\",port=\"{p}\",direction=\"inbound\"}}");
         assert!(text.contains(&format!("{} 6\n", line("80"))), "{text}");
         assert!(text.contains(&format!("{} 2\n", line("443"))), "{text}");
         assert!(text.contains(&format!("{} 7\n", line("other"))), "{text}");

@@ -118,7 +118,7 @@ impl Outputs {
                 (true, false) => "failures",
                 _ => "diagnoses",
             };
-            info!("syslog: sending {what} over {:?} to {}", s.transport, s.address);
+            info!("syslog: sending {what} over {} to {}", s.transport.as_str(), s.address);
             outputs.syslog = Some(sink);
             outputs.senders.push(task);
         }
@@ -167,11 +167,7 @@ pub fn documented_defaults() -> String {
     let s = SyslogConfig::default();
     let m = MetricsConfig::default();
     let a = AlertsConfig::default();
-    let transport = match s.transport {
-        super::syslog::Transport::Udp => "udp",
-        super::syslog::Transport::Tcp => "tcp",
-        super::syslog::Transport::Unix => "unix",
-    };
+    let transport = s.transport.as_str();
     let facility = serde_json::to_value(s.facility).ok().and_then(|v| v.as_str().map(str::to_owned));
     format!(
         r#"[syslog]

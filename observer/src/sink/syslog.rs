@@ -70,6 +70,16 @@ pub enum Facility {
     Local7,
 }
 
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix",
+        }
+    }
+}
+
 impl Facility {
     pub fn code(self) -> u8 {
         match self {
@@ -139,7 +149,10 @@ impl SyslogConfig {
             return Ok(());
         }
         if self.app_name.is_empty() || self.app_name.len() > 48 || !printable(&self.app_name) {
-            return Err(format!("syslog.app_name = {:?}: 1 to 48 printable ASCII characters, no spaces", self.app_name));
+            return Err(format!(
+                "syslog.app_name = {:?}: 1 to 48 printable ASCII characters, no spaces",
+                self.app_name
+            ));
         }
         if self.hostname.len() > 255 || !printable(&self.hostname) {
             return Err(format!("syslog.hostname = {:?}: up to 255 printable ASCII characters", self.hostname));
@@ -406,9 +419,8 @@ impl Sender {
             // A receiver that closed its end is only noticed by a write
             // after the one it loses: look for its FIN before writing.
             let mut probe = [0u8; 1];
-            match stream.try_read(&mut probe) {
-                Ok(0) => self.tcp = None,
-                Ok(_) | Err(_) => {}
+            if let Ok(0) = stream.try_read(&mut probe) {
+                self.tcp = None;
             }
         }
         if self.tcp.is_none() {

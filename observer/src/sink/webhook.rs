@@ -118,7 +118,10 @@ pub struct WebhookSink {
 }
 
 impl WebhookSink {
-    pub fn start(cfg: &AlertsConfig, stats: Arc<OutputStats>) -> Result<(WebhookSink, tokio::task::JoinHandle<()>), String> {
+    pub fn start(
+        cfg: &AlertsConfig,
+        stats: Arc<OutputStats>,
+    ) -> Result<(WebhookSink, tokio::task::JoinHandle<()>), String> {
         let uri = cfg.uri()?;
         let (tx, rx) = mpsc::channel(cfg.queue);
         let mut connector = HttpConnector::new();

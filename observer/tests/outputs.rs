@@ -1,0 +1,530 @@
+//! The outputs beside the JSON log, each against a real receiver: a real
+//! rsyslogd from Debian (UDP, TCP with octet counting, unix socket), the
+//! Prometheus endpoint scraped over HTTP and parsed, and a local webhook
+//! receiver. Failures are made for real in a namespace of the test's own;
+//! the daemon sees every namespace, so each assertion filters on it.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{connect_from, sa, Daemon, Netns};
+
+/// Connections to a closed port inside `ns`, `n` of them, `every` apart.
+fn refuse(ns: &Netns, port: u16, n: usize, every: Duration) {
+    ns.run(move || {
+        for _ in 0..n {
+            let r = connect_from(sa("127.0.0.1", 0), sa("127.0.0.1", port), Duration::from_secs(2));
+            assert_eq!(r.err().map(|e| e.kind()), Some(std::io::ErrorKind::ConnectionRefused));
+            std::thread::sleep(every);
+        }
+    });
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+// ---------------------------------------------------------------- syslog
+
+/// A private rsyslogd: its own config, pid file, work directory, inputs
+/// on a free UDP port, a TCP port it picks itself, and a unix socket;
+/// every message is written with the fields rsyslog parsed out of it.
+struct Rsyslog {
+    child: Child,
+    dir: tempfile::TempDir,
+    udp_port: u16,
+    tcp_port: u16,
+}
+
+/// One message as rsyslog parsed it.
+#[derive(Clone, Debug)]
+struct Parsed {
+    protocol_version: String,
+    pri: u32,
+    facility: String,
+    severity: u32,
+    app_name: String,
+    procid: String,
+    msgid: String,
+    hostname: String,
+    msg: serde_json::Value,
+}
+
+impl Rsyslog {
+    fn start() -> Rsyslog {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let udp_port = free_udp_port();
+        let conf = format!(
+            r#"global(workDirectory="{d}" maxMessageSize="64k")
+module(load="imudp")
+input(type="imudp" address="127.0.0.1" port="{udp_port}")
+module(load="imtcp")
+input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{d}/tcp.port")
+module(load="imuxsock" SysSock.Use="off")
+input(type="imuxsock" socket="{d}/log.sock" useSpecialParser="off" parseHostname="on")
+template(name="fields" type="string"
+  string="%protocol-version%\t%pri%\t%syslogfacility-text%\t%syslogseverity%\t%app-name%\t%procid%\t%msgid%\t%hostname%\t%msg%\n")
+action(type="omfile" file="{d}/out.log" template="fields")
+"#
+        );
+        let conf_path = dir.path().join("rsyslog.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-i")
+            .arg(dir.path().join("rsyslogd.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rsyslogd (Debian package rsyslog; `cargo xtask setup` installs it)");
+        let mut rs = Rsyslog { child, dir, udp_port, tcp_port: 0 };
+        let port_file = rs.dir.path().join("tcp.port");
+        let socket = rs.socket();
+        rs.tcp_port = wait_for("rsyslogd's inputs", Duration::from_secs(10), || {
+            if let Ok(Some(status)) = rs.child.try_wait() {
+                let mut err = String::new();
+                let _ = rs.child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+                panic!("rsyslogd exited with {status}: {err}");
+            }
+            let port = std::fs::read_to_string(&port_file).ok()?.trim().parse().ok()?;
+            socket.exists().then_some(port)
+        });
+        rs
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("log.sock")
+    }
+
+    fn messages(&self) -> Vec<Parsed> {
+        let Ok(f) = std::fs::File::open(self.dir.path().join("out.log")) else { return vec![] };
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.splitn(9, '\t').collect();
+                let msg = serde_json::from_str(f.get(8)?.trim_start()).ok()?;
+                Some(Parsed {
+                    protocol_version: f[0].into(),
+                    pri: f[1].parse().ok()?,
+                    facility: f[2].into(),
+                    severity: f[3].parse().ok()?,
+                    app_name: f[4].into(),
+                    procid: f[5].into(),
+                    msgid: f[6].into(),
+                    hostname: f[7].into(),
+                    msg,
+                })
+            })
+            .collect()
+    }
+
+    fn raw(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn syslog_reaches_rsyslog(transport: &str) {
+    let rs = Rsyslog::start();
+    let address = match transport {
+        "udp" => format!("127.0.0.1:{}", rs.udp_port),
+        "tcp" => format!("127.0.0.1:{}", rs.tcp_port),
+        _ => rs.socket().display().to_string(),
+    };
+    let config = format!(
+        "[syslog]\nenabled = true\ntransport = \"{transport}\"\naddress = \"{address}\"\nfacility = \"local4\"\n\
+         app_name = \"observer-test\"\n"
+    );
+    let daemon = Daemon::start_with(&[], Some(&config));
+    let ns = Netns::new("syslog");
+    let netns = ns.inode();
+    refuse(&ns, 8081, 3, Duration::from_millis(20));
+
+    let ours = |p: &Parsed| p.app_name == "observer-test" && p.msg["observer"]["netns"] == netns;
+    let (failure, diagnosis) =
+        wait_for("a failure and a diagnosis in rsyslog's output", Duration::from_secs(15), || {
+            let msgs = rs.messages();
+            let f = msgs.iter().find(|p| ours(p) && p.msgid == "failure" && p.msg["event"]["action"] == "refused")?;
+            let d = msgs
+                .iter()
+                .find(|p| ours(p) && p.msgid == "diagnosis" && p.msg["diagnosis"]["kind"] == "no_listener")?;
+            Some((f.clone(), d.clone()))
+        });
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned();
+    for p in [&failure, &diagnosis] {
+        assert_eq!(p.protocol_version, "1", "rsyslog parsed it as RFC 5424: {p:?}");
+        assert_eq!(p.facility, "local4", "{p:?}");
+        assert_eq!(p.pri, 20 * 8 + p.severity, "{p:?}");
+        assert_eq!(p.hostname, hostname, "{p:?}");
+        assert!(p.procid.parse::<u32>().is_ok(), "{p:?}");
+    }
+    assert_eq!(failure.severity, 6, "failures are informational");
+    assert_eq!(failure.msg["event"]["dataset"], "observer.failure");
+    assert_eq!(failure.msg["destination"]["port"], 8081);
+    assert_eq!(failure.msg["observer"]["reason"], "NO_SOCKET");
+    assert_eq!(diagnosis.severity, 4, "an open diagnosis is a warning");
+    assert_eq!(diagnosis.msg["event"]["dataset"], "observer.diagnosis");
+    assert_eq!(diagnosis.msg["diagnosis"]["kind"], "no_listener");
+    assert_eq!(diagnosis.msg["diagnosis"]["status"], "open");
+    assert_eq!(diagnosis.msg["destination"]["port"], 8081);
+
+    // The same records as the JSON log, byte for byte.
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    let id = diagnosis.msg["diagnosis"]["id"].as_str().unwrap().to_owned();
+    let logged: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["diagnosis"]["id"] == id.as_str() && v["diagnosis"]["status"] == "open")
+        .unwrap_or_else(|| panic!("diagnosis {id} not in the log:\n{log}\nrsyslog:\n{}", rs.raw()));
+    assert_eq!(logged, diagnosis.msg);
+    let (stderr, _) = daemon.stop();
+    assert!(stderr.contains(&format!("syslog: sending failures and diagnoses over {transport}")), "{stderr}");
+}
+
+#[test]
+fn syslog_over_udp_reaches_a_real_rsyslog() {
+    syslog_reaches_rsyslog("udp");
+}
+
+#[test]
+fn syslog_over_tcp_octet_counted_reaches_a_real_rsyslog() {
+    syslog_reaches_rsyslog("tcp");
+}
+
+#[test]
+fn syslog_over_a_unix_socket_reaches_a_real_rsyslog() {
+    syslog_reaches_rsyslog("unix");
+}
+
+#[test]
+fn an_unreachable_syslog_receiver_does_not_hold_up_the_log() {
+    // TCP to a port where nothing listens: the sender backs off and
+    // retries, the queue (2) overflows, and the log still gets everything.
+    let port = free_tcp_port();
+    let config = format!("[syslog]\nenabled = true\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\nqueue = 2\n");
+    let daemon = Daemon::start_with(&[], Some(&config));
+    let ns = Netns::new("syslogdown");
+    refuse(&ns, 8082, 20, Duration::ZERO);
+    let netns = ns.inode();
+    wait_for("20 refusals in the log", Duration::from_secs(10), || {
+        let n: u64 = daemon
+            .events()
+            .iter()
+            .filter(|e| e.observer.netns == netns && e.event.action.as_str() == "refused")
+            .map(|e| e.event.count)
+            .sum();
+        (n == 20).then_some(())
+    });
+    let (stderr, _) = daemon.stop();
+    assert!(stderr.contains("syslog: connecting to 127.0.0.1:"), "one rate-limited warning expected:\n{stderr}");
+    assert_eq!(stderr.matches("syslog: connecting").count(), 1, "{stderr}");
+}
+
+// ---------------------------------------------------------------- metrics
+
+fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    (status, ctype, body.to_owned())
+}
+
+/// Every line is a HELP/TYPE/UNIT comment, a sample of a declared family,
+/// or the final `# EOF`; then prometheus-parse reads the samples.
+fn parse_exposition(text: &str) -> prometheus_parse::Scrape {
+    let mut families: Vec<(String, String)> = vec![];
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            families.push((name.to_owned(), kind.to_owned()));
+        } else if line.starts_with("# HELP ") || line.starts_with("# UNIT ") {
+        } else {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line}"));
+            value.parse::<f64>().unwrap_or_else(|_| panic!("bad value: {line}"));
+            let name = series.split('{').next().unwrap();
+            let (family, kind) = families.last().unwrap_or_else(|| panic!("sample before TYPE: {line}"));
+            let expected = if kind == "counter" { format!("{family}_total") } else { family.clone() };
+            assert_eq!(name, expected, "{line}");
+            if let Some(labels) = series.strip_prefix(name) {
+                assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
+            }
+        }
+    }
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.samples.iter().find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
+        |s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        },
+    )
+}
+
+#[test]
+fn metrics_endpoint_is_scraped_over_http_and_counts_right() {
+    let port = free_tcp_port();
+    let addr = format!("127.0.0.1:{port}");
+    // One hook off: it must show as down.
+    let config = format!("[metrics]\nlisten = \"{addr}\"\n[capture]\ndisable_hooks = [\"tcp_retransmit_synack\"]\n");
+    let daemon = Daemon::start_with(&[], Some(&config));
+    // A port no other test uses: the daemon counts every namespace.
+    let target = 47913;
+    let ns = Netns::new("metrics");
+    refuse(&ns, target, 3, Duration::from_millis(20));
+
+    let refused = [("action", "refused"), ("port", "47913"), ("direction", "inbound")];
+    let scrape = wait_for("3 refusals and a no_listener diagnosis in /metrics", Duration::from_secs(15), || {
+        let (status, ctype, body) = http_get(&addr, "/metrics");
+        assert_eq!(status, 200);
+        assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+        let scrape = parse_exposition(&body);
+        let opened = value(&scrape, "observer_diagnoses_total", &[("kind", "no_listener"), ("status", "open")]);
+        (value(&scrape, "observer_failures_total", &refused) == Some(3.0) && opened >= Some(1.0)).then_some(scrape)
+    });
+    assert!(value(&scrape, "observer_diagnoses_open", &[("kind", "no_listener")]) >= Some(1.0));
+    assert_eq!(value(&scrape, "observer_diagnoses_open", &[("kind", "syn_flood")]).map(|v| v >= 0.0), Some(true));
+    assert_eq!(value(&scrape, "observer_hook_up", &[("hook", "tcp_send_reset")]), Some(1.0));
+    assert_eq!(value(&scrape, "observer_hook_up", &[("hook", "tcp_retransmit_synack")]), Some(0.0));
+    assert!(value(&scrape, "observer_records_read_total", &[]) >= Some(3.0));
+    assert!(value(&scrape, "observer_records_written_total", &[]) >= Some(3.0));
+    for health in ["observer_decode_errors_total", "observer_write_errors_total", "observer_events_lost_total"] {
+        assert!(value(&scrape, health, &[]).is_some(), "{health} missing");
+    }
+    assert_eq!(value(&scrape, "observer_syslog_dropped_total", &[]), Some(0.0));
+    assert_eq!(http_get(&addr, "/nope").0, 404);
+
+    // Three more: the counter moves by exactly three.
+    refuse(&ns, target, 3, Duration::from_millis(20));
+    wait_for("6 refusals", Duration::from_secs(10), || {
+        let scrape = parse_exposition(&http_get(&addr, "/metrics").2);
+        (value(&scrape, "observer_failures_total", &refused) == Some(6.0)).then_some(())
+    });
+    daemon.stop();
+}
+
+#[test]
+fn a_taken_metrics_port_stops_the_start_with_its_reason() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("observer.toml");
+    std::fs::write(&config, format!("[metrics]\nlisten = \"{addr}\"\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["run", "--json-log"])
+        .arg(dir.path().join("log.ndjson"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("metrics endpoint: binding {addr}")), "{stderr}");
+}
+
+// ---------------------------------------------------------------- webhook
+
+#[derive(Clone, Debug)]
+struct Request {
+    at: Instant,
+    headers: HashMap<String, String>,
+    body: serde_json::Value,
+}
+
+/// A webhook receiver on 127.0.0.1:0 that records every request and
+/// answers with the status `respond` picks for it.
+struct Receiver {
+    url: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl Receiver {
+    fn start(respond: impl Fn(&Request, &[Request]) -> u16 + Send + 'static) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let Some(req) = read_request(&mut conn) else { continue };
+                let code = {
+                    let mut all = seen.lock().unwrap();
+                    let code = respond(&req, &all);
+                    all.push(req);
+                    code
+                };
+                let _ = write!(conn, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        Receiver { url, requests }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn read_request(conn: &mut TcpStream) -> Option<Request> {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    assert!(line.starts_with("POST /hook HTTP/1.1"), "{line}");
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    let len: usize = headers.get("content-length")?.parse().ok()?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request { at: Instant::now(), headers, body: serde_json::from_slice(&body).ok()? })
+}
+
+fn ours(r: &Request, netns: u32) -> bool {
+    r.body["observer"]["netns"] == netns && r.body["diagnosis"]["kind"] == "no_listener"
+}
+
+#[test]
+fn webhook_alerts_once_per_opening_not_per_event_or_update() {
+    let receiver = Receiver::start(|_, _| 200);
+    // Updates every second; no escalation, so that one opening is one alert.
+    let config = format!(
+        "[alerts]\nwebhook_url = \"{}\"\n[diagnosis]\nupdate_interval_secs = 1\nescalate_factor = 0\n",
+        receiver.url
+    );
+    let daemon = Daemon::start_with(&[], Some(&config));
+    let ns = Netns::new("webhook");
+    let netns = ns.inode();
+    // A service that stays down for 3 s: a refusal every 100 ms.
+    refuse(&ns, 8083, 30, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_secs(2));
+
+    let alerts: Vec<Request> = receiver.requests().into_iter().filter(|r| ours(r, netns)).collect();
+    assert_eq!(alerts.len(), 1, "exactly one alert: {alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(a.headers.get("content-type").map(String::as_str), Some("application/json"));
+    assert!(a.headers.get("user-agent").is_some_and(|u| u.starts_with("observer/")), "{:?}", a.headers);
+    let id = a.body["diagnosis"]["id"].as_str().unwrap().to_owned();
+    assert!(a.headers.get("idempotency-key").is_some_and(|k| k.starts_with(&id)), "{:?}", a.headers);
+    assert_eq!(a.body["event"]["dataset"], "observer.diagnosis");
+    assert_eq!(a.body["diagnosis"]["status"], "open");
+    assert_eq!(a.body["destination"]["port"], 8083);
+    assert!(a.body["diagnosis"]["summary"].as_str().is_some_and(|s| !s.is_empty()));
+    let message = a.body["message"].as_str().unwrap();
+    assert!(message.contains("no_listener opened on port 8083"), "{message}");
+    assert!(a.body["host"]["name"].is_string());
+
+    // Meanwhile the log has the failures and several updates of the same id.
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    let records: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let updates =
+        records.iter().filter(|v| v["diagnosis"]["id"] == id.as_str() && v["diagnosis"]["status"] == "ongoing").count();
+    assert!(updates >= 2, "expected ongoing updates in the log, got {updates}");
+    let failures = records
+        .iter()
+        .filter(|v| v["observer"]["netns"] == netns && v["event"]["action"] == "refused")
+        .filter_map(|v| v["event"]["count"].as_u64())
+        .sum::<u64>();
+    assert_eq!(failures, 30);
+    daemon.stop();
+}
+
+#[test]
+fn webhook_retries_a_5xx_with_backoff_and_delivers_on_the_third_try() {
+    let netns_cell = Arc::new(Mutex::new(0u32));
+    let cell = netns_cell.clone();
+    // 500 to the first two attempts at our alert, 200 to everything else
+    // (other tests' namespaces alert this daemon's receiver too).
+    let receiver = Receiver::start(move |req, before| {
+        let netns = *cell.lock().unwrap();
+        let tries = before.iter().filter(|r| ours(r, netns)).count();
+        if ours(req, netns) && tries < 2 {
+            500
+        } else {
+            200
+        }
+    });
+    let config = format!(
+        "[alerts]\nwebhook_url = \"{}\"\nbackoff_ms = 400\nmax_retries = 3\n[diagnosis]\nescalate_factor = 0\n",
+        receiver.url
+    );
+    let daemon = Daemon::start_with(&[], Some(&config));
+    let ns = Netns::new("webhook5xx");
+    let netns = ns.inode();
+    *netns_cell.lock().unwrap() = netns;
+    refuse(&ns, 8084, 3, Duration::from_millis(20));
+
+    let tries = wait_for("three attempts at the alert", Duration::from_secs(15), || {
+        let tries: Vec<Request> = receiver.requests().into_iter().filter(|r| ours(r, netns)).collect();
+        (tries.len() >= 3).then_some(tries)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<Request> = receiver.requests().into_iter().filter(|r| ours(r, netns)).collect();
+    assert_eq!(after.len(), 3, "delivered on the third try, then no more: {after:#?}");
+    assert_eq!(tries[0].body, tries[2].body, "the same alert is retried");
+    assert_eq!(tries[0].headers.get("idempotency-key"), tries[2].headers.get("idempotency-key"));
+    // Backoff: 400 ms then 800 ms, each less at most a quarter of jitter.
+    let first = tries[1].at - tries[0].at;
+    let second = tries[2].at - tries[1].at;
+    assert!(first >= Duration::from_millis(300), "{first:?}");
+    assert!(second >= Duration::from_millis(600) && second > first, "{first:?} then {second:?}");
+    daemon.stop();
+}
