@@ -96,6 +96,9 @@ fn status_name(s: Status) -> &'static str {
     }
 }
 
+/// Open diagnoses tracked for the gauge at most.
+const MAX_ACTIVE: usize = 100_000;
+
 #[derive(Default)]
 struct Tracked {
     ports: HashSet<u16>,
@@ -161,6 +164,10 @@ impl Metrics {
                     Status::Resolved => {
                         tracked.active.remove(&d.diagnosis.id);
                     }
+                    // Bounded like the engine's own endpoint table: an id
+                    // the engine forgot without resolving it must not
+                    // grow this map forever.
+                    _ if tracked.active.len() >= MAX_ACTIVE && !tracked.active.contains_key(&d.diagnosis.id) => {}
                     _ => {
                         tracked.active.insert(d.diagnosis.id.clone(), kind);
                     }
@@ -434,6 +441,37 @@ mod tests {
                 "Stats.{field} is not exported as {name} (add it to Health::encode in sink/metrics.rs):\n{text}"
             );
         }
+    }
+
+    fn diagnosis(id: &str, status: &str) -> Record {
+        let v = serde_json::json!({
+            "@timestamp": "2026-01-01T00:00:00Z",
+            "event": { "dataset": "observer.diagnosis", "kind": "alert", "category": ["network"] },
+            "diagnosis": {
+                "kind": "syn_flood", "id": id, "status": status, "summary": "s",
+                "advice": [], "evidence": { "actions": {}, "sample_clients": [] },
+                "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z",
+                "count": 3, "clients": 1
+            },
+            "destination": { "ip": "127.0.0.1", "port": 80 },
+            "network": { "transport": "tcp", "type": "ipv4" },
+            "observer": { "netns": 1, "direction": "inbound" }
+        });
+        Record::Diagnosis(Box::new(serde_json::from_value(v).unwrap()))
+    }
+
+    #[test]
+    fn open_gauge_follows_ids_until_resolved() {
+        let m = Metrics::new(&MetricsConfig::default(), &[]);
+        for (id, status) in [("a", "open"), ("b", "open"), ("a", "ongoing"), ("a", "escalated"), ("b", "resolved")] {
+            m.observe(&diagnosis(id, status));
+        }
+        let text = scrape(&m);
+        assert!(text.contains("observer_diagnoses_open{kind=\"syn_flood\"} 1\n"), "{text}");
+        assert!(text.contains("observer_diagnoses_total{kind=\"syn_flood\",status=\"open\"} 2\n"), "{text}");
+        assert!(text.contains("observer_diagnoses_total{kind=\"syn_flood\",status=\"resolved\"} 1\n"), "{text}");
+        m.observe(&diagnosis("a", "resolved"));
+        assert!(scrape(&m).contains("observer_diagnoses_open{kind=\"syn_flood\"} 0\n"));
     }
 
     #[test]

@@ -122,23 +122,8 @@ impl WebhookSink {
         cfg: &AlertsConfig,
         stats: Arc<OutputStats>,
     ) -> Result<(WebhookSink, tokio::task::JoinHandle<()>), String> {
-        let uri = cfg.uri()?;
+        let poster = Poster::new(cfg, stats.clone(), Duration::from_secs(60))?;
         let (tx, rx) = mpsc::channel(cfg.queue);
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(cfg.timeout_ms)));
-        let poster = Poster {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            uri,
-            host: host_name(),
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            max_retries: cfg.max_retries,
-            backoff: Duration::from_millis(cfg.backoff_ms),
-            backoff_max: Duration::from_millis(cfg.backoff_max_ms),
-            limit: RateLimit::new(cfg.max_per_minute as usize, Duration::from_secs(60)),
-            suppressed: Suppressed::default(),
-            stats: stats.clone(),
-            warn: WarnLimiter::new("webhook", Duration::from_secs(60)),
-        };
         Ok((WebhookSink { tx, stats }, tokio::spawn(poster.run(rx))))
     }
 
@@ -217,6 +202,24 @@ enum Attempt {
 }
 
 impl Poster {
+    fn new(cfg: &AlertsConfig, stats: Arc<OutputStats>, rate_period: Duration) -> Result<Poster, String> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(cfg.timeout_ms)));
+        Ok(Poster {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            uri: cfg.uri()?,
+            host: host_name(),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            max_retries: cfg.max_retries,
+            backoff: Duration::from_millis(cfg.backoff_ms),
+            backoff_max: Duration::from_millis(cfg.backoff_max_ms),
+            limit: RateLimit::new(cfg.max_per_minute as usize, rate_period),
+            suppressed: Suppressed::default(),
+            stats,
+            warn: WarnLimiter::new("webhook", Duration::from_secs(60)),
+        })
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Box<DiagnosisRecord>>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -401,6 +404,80 @@ mod tests {
         assert!(r.admit(t0 + Duration::from_secs(60)));
         assert!(!r.admit(t0 + Duration::from_secs(61)));
         assert!(r.admit(t0 + Duration::from_secs(70)));
+    }
+
+    fn diagnosis(id: &str) -> Box<DiagnosisRecord> {
+        let v = json!({
+            "@timestamp": "2026-01-01T00:00:00Z",
+            "event": { "dataset": "observer.diagnosis", "kind": "alert", "category": ["network"] },
+            "diagnosis": {
+                "kind": "no_listener", "id": id, "status": "open", "summary": "nothing listens",
+                "advice": [], "evidence": { "actions": {}, "sample_clients": [] },
+                "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z",
+                "count": 3, "clients": 1
+            },
+            "destination": { "ip": "127.0.0.1", "port": 8080 },
+            "network": { "transport": "tcp", "type": "ipv4" },
+            "observer": { "netns": 1, "direction": "inbound" }
+        });
+        Box::new(serde_json::from_value(v).unwrap())
+    }
+
+    /// Answers 200 to every POST and keeps the bodies.
+    fn receiver() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().map_while(Result::ok) {
+                let mut reader = BufReader::new(&mut conn);
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                seen.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        (url, bodies)
+    }
+
+    #[tokio::test]
+    async fn alerts_beyond_the_rate_limit_are_summarized_in_one_post() {
+        let (url, bodies) = receiver();
+        let cfg = AlertsConfig { webhook_url: url, max_per_minute: 1, ..AlertsConfig::default() };
+        let stats = Arc::new(OutputStats::default());
+        let poster = Poster::new(&cfg, stats.clone(), Duration::from_millis(300)).unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::spawn(poster.run(rx));
+        for id in ["a", "b", "c"] {
+            tx.send(diagnosis(id)).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while bodies.lock().unwrap().len() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(tx);
+        task.await.unwrap();
+        let bodies = bodies.lock().unwrap().clone();
+        assert_eq!(bodies.len(), 2, "{bodies:#?}");
+        assert_eq!(bodies[0]["diagnosis"]["id"], "a");
+        assert_eq!(bodies[1]["event"]["dataset"], "observer.alert_summary");
+        assert_eq!(bodies[1]["suppressed"]["count"], 2);
+        assert_eq!(bodies[1]["suppressed"]["by_kind"]["no_listener"], 2);
+        assert_eq!(OutputStats::get(&stats.alerts_rate_limited), 2);
+        assert_eq!(OutputStats::get(&stats.alerts_sent), 2);
     }
 
     #[test]
