@@ -3,6 +3,7 @@
 //! Everything a fresh machine needs is installed from here, idempotently, so
 //! that the README's two commands work on a machine nobody touched by hand.
 
+mod install;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -32,6 +33,13 @@ enum Task {
         /// Arguments for `observer run`.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Build a release and install it as a systemd service: binary, group,
+    /// config (kept if present) and the hardened unit (dist/observer.service).
+    Install {
+        /// Install under this root instead of / (for packaging); no group or systemctl then.
+        #[arg(long, default_value = "/")]
+        root: std::path::PathBuf,
     },
     /// Set up, build, and run the scenario lab: every failure the observer
     /// diagnoses, built for real in network namespaces (as root).
@@ -65,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Run { args } => observer(&["run"], &args),
         Task::Lab { args } => observer(&["lab"], &args),
+        Task::Install { root } => install::run(&root),
     }
 }
 

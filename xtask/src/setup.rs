@@ -20,6 +20,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl in tests"),
     ("util-linux", "setpriv for the privilege tests"),
     ("rsyslog", "a real syslog receiver for the syslog output tests"),
+    ("systemd", "systemd-analyze verifies the service unit in the tests"),
 ];
 
 /// Name under which rustc-web is registered with rustup (observer/build.rs).
