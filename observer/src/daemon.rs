@@ -17,8 +17,8 @@ use tracing::{info, warn};
 
 use crate::{
     capture::Capture,
-    counters::{CounterStage, KernelCounters},
     config::Config,
+    counters::{CounterStage, KernelCounters},
     decode::{Clock, Decoder},
     diagnose::Diagnoser,
     event::FailureEvent,

@@ -26,7 +26,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use thiserror::Error;
 use tracing::warn;
 
-use crate::{config::HistoryConfig, diagnose::record::DiagnosisRecord, event::FailureEvent, sink::Record, stats::Stats};
+use crate::{
+    config::HistoryConfig, diagnose::record::DiagnosisRecord, event::FailureEvent, sink::Record, stats::Stats,
+};
 
 pub const DB_FILE: &str = "history.sqlite";
 
@@ -83,7 +85,8 @@ fn parse_ms(rfc3339: &str) -> i64 {
 fn prepare_dir(dir: &Path, gid: Option<nix::unistd::Gid>) -> Result<(), HistoryError> {
     std::fs::create_dir_all(dir).map_err(|e| HistoryError::Io(dir.to_owned(), e))?;
     let mode = if gid.is_some() { 0o750 } else { 0o700 };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| HistoryError::Io(dir.to_owned(), e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| HistoryError::Io(dir.to_owned(), e))?;
     if let Some(g) = gid {
         nix::unistd::chown(dir, None, Some(g)).map_err(|e| HistoryError::Io(dir.to_owned(), e.into()))?;
     }
@@ -349,10 +352,8 @@ impl Reader {
         let rows = st.query_map(params![after, ms(since), port, limit as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
         })?;
-        let mut v: Vec<(i64, FailureEvent)> = rows
-            .filter_map(Result::ok)
-            .filter_map(|(id, j)| serde_json::from_str(&j).ok().map(|e| (id, e)))
-            .collect();
+        let mut v: Vec<(i64, FailureEvent)> =
+            rows.filter_map(Result::ok).filter_map(|(id, j)| serde_json::from_str(&j).ok().map(|e| (id, e))).collect();
         v.reverse();
         Ok(v)
     }
@@ -360,7 +361,13 @@ impl Reader {
     /// Occurrences per interval: `n` equal intervals from `from` to `to`,
     /// of the given actions at a namespace's endpoint (or from a source,
     /// for scans).
-    pub fn buckets(&self, q: &BucketQuery<'_>, from: SystemTime, to: SystemTime, n: usize) -> rusqlite::Result<Vec<u64>> {
+    pub fn buckets(
+        &self,
+        q: &BucketQuery<'_>,
+        from: SystemTime,
+        to: SystemTime,
+        n: usize,
+    ) -> rusqlite::Result<Vec<u64>> {
         let (start, end) = (ms(from), ms(to).max(ms(from) + 1));
         let width = ((end - start) as f64 / n.max(1) as f64).max(1.0);
         let mut out = vec![0u64; n.max(1)];
@@ -393,7 +400,10 @@ impl Reader {
     }
 
     pub fn latest_id(&self) -> rusqlite::Result<i64> {
-        self.conn.query_row("SELECT max(id) FROM failures", [], |r| r.get::<_, Option<i64>>(0)).optional().map(|v| v.flatten().unwrap_or(0))
+        self.conn
+            .query_row("SELECT max(id) FROM failures", [], |r| r.get::<_, Option<i64>>(0))
+            .optional()
+            .map(|v| v.flatten().unwrap_or(0))
     }
 }
 

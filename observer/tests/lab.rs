@@ -13,8 +13,8 @@ fn every_lab_scenario_is_diagnosed_right_and_in_time() {
         .expect("run observer lab");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let outcomes: Vec<serde_json::Value> = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("lab output is not JSON ({e}):\n{stdout}\n{stderr}"));
+    let outcomes: Vec<serde_json::Value> =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("lab output is not JSON ({e}):\n{stdout}\n{stderr}"));
     assert_eq!(outcomes.len(), 15, "every scenario ran");
     let failed: Vec<_> = outcomes.iter().filter(|o| o["pass"] != true).collect();
     assert!(failed.is_empty(), "failed scenarios:\n{}", serde_json::to_string_pretty(&failed).unwrap_or_default());
@@ -25,10 +25,19 @@ fn every_lab_scenario_is_diagnosed_right_and_in_time() {
         .flat_map(|o| o["produced"].as_array().into_iter().flatten())
         .filter_map(|p| p["kind"].as_str())
         .collect();
-    for k in ["no_listener", "listener_address_mismatch", "accept_queue_full", "syn_flood", "firewall_drop",
-        "firewall_reject", "server_reset", "handshake_incomplete", "outbound_refused", "outbound_timeout",
-        "outbound_unreachable"]
-    {
+    for k in [
+        "no_listener",
+        "listener_address_mismatch",
+        "accept_queue_full",
+        "syn_flood",
+        "firewall_drop",
+        "firewall_reject",
+        "server_reset",
+        "handshake_incomplete",
+        "outbound_refused",
+        "outbound_timeout",
+        "outbound_unreachable",
+    ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
 }

@@ -168,7 +168,15 @@ impl Engine {
 
     /// Records that the diagnosis for `key` was written; a resolved episode
     /// ends, so the next failure there starts a new one (same id).
-    pub fn emitted(&mut self, key: &Key, kind: Kind, id: &str, status: Status, now: SystemTime, process: Option<&Process>) {
+    pub fn emitted(
+        &mut self,
+        key: &Key,
+        kind: Kind,
+        id: &str,
+        status: Status,
+        now: SystemTime,
+        process: Option<&Process>,
+    ) {
         let window = self.cfg.window_secs;
         if status == Status::Resolved {
             self.groups.pop(key);

@@ -79,7 +79,8 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
     let at = endpoint(key.ip, key.port);
     let port = key.port;
     let clients = g.clients();
-    let clients_txt = if g.clients_capped { format!("{clients}+ clients") } else { plural(clients, "client", "clients") };
+    let clients_txt =
+        if g.clients_capped { format!("{clients}+ clients") } else { plural(clients, "client", "clients") };
     let tries = format!("{} from {clients_txt}", plural(g.count, "attempt", "attempts"));
     let serving = facts.serving(key.ip);
     let listener_of_port = serving.or(facts.on_port.first());
@@ -173,7 +174,12 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
                 .on_port
                 .iter()
                 .map(|l| ListenerEvidence::new(&l.listener, l.owner.as_ref(), None))
-                .chain(facts.elsewhere.iter().map(|(ns, l)| ListenerEvidence::new(&l.listener, l.owner.as_ref(), Some(*ns))))
+                .chain(
+                    facts
+                        .elsewhere
+                        .iter()
+                        .map(|(ns, l)| ListenerEvidence::new(&l.listener, l.owner.as_ref(), Some(*ns))),
+                )
                 .collect();
             (s, advice)
         }
@@ -184,7 +190,9 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
             let name = l.map_or_else(|| "the listener".to_owned(), who);
             let backlog = g.queue.map(|q| q.backlog).or(l.map(|l| l.listener.backlog));
             let queued = g.queue.map(|q| q.max_queue_len).or(l.map(|l| l.listener.queue));
-            let mut s = format!("{name} on port {port}{here} does not accept connections fast enough: its accept queue is full");
+            let mut s = format!(
+                "{name} on port {port}{here} does not accept connections fast enough: its accept queue is full"
+            );
             if let (Some(b), Some(q)) = (backlog, queued) {
                 let _ = write!(s, " (backlog {b}, {q} queued)");
             }
@@ -242,11 +250,13 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
             if let Some(l) = l {
                 ev.listener = Some(ListenerEvidence::new(&l.listener, l.owner.as_ref(), None));
             }
-            ev.sysctls = pick(facts, &["net.ipv4.tcp_syncookies", "net.ipv4.tcp_max_syn_backlog", "net.core.somaxconn"]);
+            ev.sysctls =
+                pick(facts, &["net.ipv4.tcp_syncookies", "net.ipv4.tcp_max_syn_backlog", "net.core.somaxconn"]);
             (s, advice)
         }
         Kind::FirewallDrop | Kind::FirewallReject => {
-            let (verb, noun) = if cx.kind == Kind::FirewallDrop { ("drops", "dropped") } else { ("rejects", "rejected") };
+            let (verb, noun) =
+                if cx.kind == Kind::FirewallDrop { ("drops", "dropped") } else { ("rejects", "rejected") };
             process = listener_of_port.and_then(owner_of);
             let target = listener_of_port.map(|l| format!(" to {}", who(l))).unwrap_or_default();
             let s = match &facts.firewall {
@@ -384,7 +394,10 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
             clients,
         },
         source: (key.class == Class::Scan).then_some(SourceIp { ip: key.ip }),
-        destination: Endpoint { ip: if key.class == Class::Scan { unspecified(key.ip) } else { key.ip }, port: key.port },
+        destination: Endpoint {
+            ip: if key.class == Class::Scan { unspecified(key.ip) } else { key.ip },
+            port: key.port,
+        },
         network: Network { transport: "tcp".to_owned(), kind: g.network_type.clone() },
         observer: Where { netns: key.netns, direction: if outbound { "outbound" } else { "inbound" }.to_owned() },
         process,

@@ -14,11 +14,7 @@ use std::{
     time::SystemTime,
 };
 
-use self::{
-    engine::Engine,
-    group::Class,
-    record::DiagnosisRecord,
-};
+use self::{engine::Engine, group::Class, record::DiagnosisRecord};
 use crate::{
     config::{DiagnosisConfig, EnrichConfig},
     enrich::{Enricher, Facts, Query},

@@ -95,15 +95,17 @@ impl Ruleset {
             let Some(r) = item.get("rule") else { continue };
             let (family, table, chain) = (str_of(&r["family"]), str_of(&r["table"]), str_of(&r["chain"]));
             let exprs = r["expr"].as_array().cloned().unwrap_or_default();
-            let verdict = exprs.iter().find_map(|e| {
-                ["drop", "reject"].into_iter().find(|v| e.get(*v).is_some()).map(str::to_owned)
-            });
+            let verdict = exprs
+                .iter()
+                .find_map(|e| ["drop", "reject"].into_iter().find(|v| e.get(*v).is_some()).map(str::to_owned));
             let Some(verdict) = verdict else { continue };
             let handle = r["handle"].as_u64();
             let mut rule = Rule {
                 at: FirewallRule {
                     hook: hooks.get(&(family.clone(), table.clone(), chain.clone())).cloned().unwrap_or_default(),
-                    rule: handle.and_then(|h| texts.get(&(table.clone(), chain.clone(), h)).cloned()).unwrap_or_default(),
+                    rule: handle
+                        .and_then(|h| texts.get(&(table.clone(), chain.clone(), h)).cloned())
+                        .unwrap_or_default(),
                     family: family.clone(),
                     table: table.clone(),
                     chain,
@@ -148,8 +150,9 @@ impl Ruleset {
             port_ok && addr_ok
         });
         let best = candidates.min_by_key(|r| r.dport.is_none());
-        best.map(|r| r.at.clone())
-            .or_else(|| (verdict == "drop").then(|| self.policies.iter().find(|p| p.hook == "input")).flatten().cloned())
+        best.map(|r| r.at.clone()).or_else(|| {
+            (verdict == "drop").then(|| self.policies.iter().find(|p| p.hook == "input")).flatten().cloned()
+        })
     }
 }
 

@@ -174,14 +174,16 @@ impl Enricher {
             }
         }
         let nft = self.nft.clone();
-        let rs = Arc::new(netns::run_in(&mut self.dir, netns, move || firewall::load(&nft)).unwrap_or_else(|e| Err(e.to_string())));
+        let rs = Arc::new(
+            netns::run_in(&mut self.dir, netns, move || firewall::load(&nft)).unwrap_or_else(|e| Err(e.to_string())),
+        );
         self.rulesets.insert(netns, (Instant::now(), rs.clone()));
         rs
     }
 
     fn refresh(&mut self, netns: u32, now: SystemTime) -> Result<Arc<Snapshot>, String> {
-        let (listeners, sysctls) = netns::run_in(&mut self.dir, netns, || (listeners::dump(), sysctl::read()))
-            .map_err(|e| e.to_string())?;
+        let (listeners, sysctls) =
+            netns::run_in(&mut self.dir, netns, || (listeners::dump(), sysctl::read())).map_err(|e| e.to_string())?;
         let listeners = listeners.map_err(|e| format!("sock_diag in netns {netns}: {e}"))?;
         let unknown: HashSet<u64> =
             listeners.iter().map(|l| l.inode as u64).filter(|i| !self.owners.contains_key(i)).collect();

@@ -180,7 +180,7 @@ fn one(s: Scenario, net: u8, exe: PathBuf, poll: Duration, seen: &Mutex<Seen>) -
         Expect::Diagnosis { kind, port, process } => {
             format!("{kind} :{port} {}", process.unwrap_or("-"))
         }
-        Expect::Nothing { allowed } if allowed.is_empty() => "nothing".to_owned(),
+        Expect::Nothing { allowed: [] } => "nothing".to_owned(),
         Expect::Nothing { allowed } => {
             format!("nothing (or {})", allowed.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "))
         }

@@ -93,7 +93,7 @@ impl Netns {
             })
             .map_err(|e| format!("spawning a thread: {e}"))?
             .join()
-        .map_err(|_| "namespace thread panicked".to_owned())?
+            .map_err(|_| "namespace thread panicked".to_owned())?
     }
 
     /// Starts a process inside the namespace and waits until it prints its
@@ -147,8 +147,23 @@ impl Link {
     pub fn new(tag: &str, net: u8) -> Result<Link, String> {
         let server = Netns::new(&format!("{tag}-s"))?;
         let client = Netns::new(&format!("{tag}-c"))?;
-        let (s_if, c_if) = (format!("obs{net}s{}", std::process::id() % 10000), format!("obs{net}c{}", std::process::id() % 10000));
-        sh(&["ip", "link", "add", &s_if, "netns", &server.name, "type", "veth", "peer", "name", &c_if, "netns", &client.name])?;
+        let (s_if, c_if) =
+            (format!("obs{net}s{}", std::process::id() % 10000), format!("obs{net}c{}", std::process::id() % 10000));
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &s_if,
+            "netns",
+            &server.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &c_if,
+            "netns",
+            &client.name,
+        ])?;
         for (ns, ifname, host) in [(&server, &s_if, 1), (&client, &c_if, 2)] {
             ns.ip(&["addr", "add", &format!("10.77.{net}.{host}/24"), "dev", ifname])?;
             ns.ip(&["addr", "add", &format!("fd77:{net}::{host}/64"), "dev", ifname, "nodad"])?;

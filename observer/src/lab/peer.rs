@@ -60,9 +60,7 @@ pub fn run(args: PeerArgs) -> anyhow::Result<()> {
         Role::Listen { addr, backlog, serve } => listen(addr, backlog, serve),
         Role::Connect { to, count, syn_retries } => {
             println!("ready");
-            let threads: Vec<_> = (0..count)
-                .map(|_| std::thread::spawn(move || connect(to, syn_retries)))
-                .collect();
+            let threads: Vec<_> = (0..count).map(|_| std::thread::spawn(move || connect(to, syn_retries))).collect();
             for t in threads {
                 let _ = t.join();
             }

@@ -12,6 +12,10 @@ use crate::{diagnose::record::DiagnosisRecord, event::FailureEvent};
 
 /// One line of output: the contract's two record types share the log and
 /// are told apart by `event.dataset`.
+///
+/// Failures are the hot path and stay inline (boxing would allocate once per
+/// event); diagnoses are rare and large, so they are boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum Record {

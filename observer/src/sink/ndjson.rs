@@ -172,7 +172,8 @@ mod tests {
         }
         s.sync().unwrap();
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        let (cur, one, two) = (read(&path), read(&dir.path().join("log.ndjson.1")), read(&dir.path().join("log.ndjson.2")));
+        let (cur, one, two) =
+            (read(&path), read(&dir.path().join("log.ndjson.1")), read(&dir.path().join("log.ndjson.2")));
         assert!(!dir.path().join("log.ndjson.3").exists(), "only `keep` rotated files");
         for text in [&cur, &one, &two] {
             assert!(!text.is_empty() && text.len() <= 100, "{text:?}");
@@ -181,7 +182,11 @@ mod tests {
             }
         }
         assert!(cur.contains("\"n\":39"), "the newest record is in the current file");
-        let n = |t: &str| t.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap()).collect::<Vec<_>>();
+        let n = |t: &str| {
+            t.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["n"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        };
         let (a, b, c) = (n(&two), n(&one), n(&cur));
         assert!(a.last() < b.first() && b.last() < c.first(), "{a:?} {b:?} {c:?}");
     }

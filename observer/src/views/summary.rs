@@ -56,7 +56,8 @@ pub fn table(reader: &Reader, since: Duration, port: Option<u16>, out: &mut impl
             source: r.source.as_ref().map(|s| s.ip.to_string()),
         };
         let activity = reader.buckets(&q, from, now, INTERVALS).map(|b| sparkline(&b)).unwrap_or_default();
-        let status = serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let status =
+            serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         writeln!(
             out,
             "{:<26} {:<22} {:<18} {:>7} {:>7}  {:<8} {:<8} {:<9} |{activity}|",

@@ -38,7 +38,11 @@ fn live(args: &WhyArgs) -> Result<Live, String> {
         listeners: listeners::dump().map_err(|e| e.to_string()),
         sysctls: sysctl::read(),
         rules: firewall::load(&nft).map(|rs| {
-            ["drop", "reject"].iter().filter_map(|v| rs.matching(port, None, v)).filter(|r| r.handle.is_some()).collect()
+            ["drop", "reject"]
+                .iter()
+                .filter_map(|v| rs.matching(port, None, v))
+                .filter(|r| r.handle.is_some())
+                .collect()
         }),
     };
     match args.netns {
@@ -130,7 +134,8 @@ pub fn show(args: &WhyArgs, reader: Result<Reader, String>, out: &mut impl Write
     }
     for r in diagnoses {
         let d = &r.diagnosis;
-        let status = serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let status =
+            serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
         writeln!(out, "  [{status}] {} (id {}, last {})", d.kind, d.id, d.last_seen)?;
         writeln!(out, "    {}", d.summary)?;
         for a in &d.advice {
