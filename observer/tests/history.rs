@@ -167,3 +167,43 @@ fn a_malformed_config_is_refused_with_its_line_number() {
         assert!(err.contains("line 3") && err.contains("max_bytez"), "{sub:?}: {err}");
     }
 }
+
+#[test]
+fn events_follow_prints_new_failures_as_they_are_committed() {
+    use std::io::{BufRead, BufReader};
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let d = Daemon::start_in(tempfile::tempdir().unwrap(), &state, &[], None);
+    let ns = Netns::new("follow");
+    let netns = ns.inode();
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["events", "--follow", "--format", "json", "--port", "8183"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    refuse(&ns, 8183, 2, 41031);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if e["observer"]["netns"] == netns && e["event"]["action"] == "refused" {
+                seen.push(e["source"]["port"].as_u64().unwrap());
+            }
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    d.stop();
+    assert_eq!(seen, [41031, 41032], "both new failures followed");
+}
