@@ -109,20 +109,27 @@ fn listen(addr: SocketAddr, backlog: i32, serve: Serve) -> anyhow::Result<()> {
 fn connect(to: SocketAddr, syn_retries: Option<i32>) -> std::io::Result<()> {
     let s = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
     if let Some(n) = syn_retries {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid socket fd and a pointer to an int of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_SYNCNT,
-                (&n as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        set_syn_retries(&s, n)?;
     }
     s.connect(&SockAddr::from(to))
+}
+
+/// TCP_SYNCNT: how many times the SYN is retried before connect() gives up
+/// with ETIMEDOUT (socket2 has no setter for it).
+pub fn set_syn_retries(s: &impl std::os::fd::AsRawFd, n: i32) -> std::io::Result<()> {
+    // SAFETY: a valid socket fd and a pointer to an int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&n as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

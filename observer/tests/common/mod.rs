@@ -251,19 +251,8 @@ pub fn start_connect(from: SocketAddr, to: SocketAddr) -> socket2::Socket {
 /// A blocking connect whose SYN is retried `syn_retries` times before the
 /// kernel gives up with ETIMEDOUT (TCP_SYNCNT), so a timeout takes seconds.
 pub fn connect_with_syn_retries(from: SocketAddr, to: SocketAddr, syn_retries: i32) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let s = bound_socket(from)?;
-    // SAFETY: a valid fd, and a pointer to an int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_SYNCNT,
-            (&syn_retries as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_SYNCNT");
+    observer::lab::peer::set_syn_retries(&s, syn_retries)?;
     s.connect(&to.into())
 }
 
