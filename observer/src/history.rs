@@ -18,7 +18,10 @@ use std::{
     collections::VecDeque,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::{atomic::Ordering, mpsc, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -227,13 +230,20 @@ fn upsert_diagnosis(tx: &rusqlite::Transaction<'_>, d: &DiagnosisRecord) -> rusq
 /// The writer thread's handle: records go in with `try_send` (never
 /// blocking the pipeline); `close` commits what is left and waits.
 pub struct Writer {
-    tx: Option<mpsc::SyncSender<Record>>,
+    tx: Option<mpsc::Sender<Record>>,
+    /// Records sent and not yet taken by the writer thread. The queue is
+    /// bounded by this count, not by a `sync_channel`, whose slots are
+    /// allocated up front: 100,000 of them were 37 MB of resident memory.
+    queued: Arc<AtomicUsize>,
+    pending_max: usize,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writer {
     pub fn start(mut store: Store, stats: Arc<Stats>, pending_max: usize) -> Writer {
-        let (tx, rx) = mpsc::sync_channel::<Record>(pending_max.max(1));
+        let (tx, rx) = mpsc::channel::<Record>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         let thread = std::thread::Builder::new()
             .name("history".to_owned())
             .spawn(move || {
@@ -248,8 +258,10 @@ impl Writer {
                             return;
                         }
                     };
+                    let before = pending.len();
                     pending.extend(first);
                     pending.extend(rx.try_iter());
+                    taken.fetch_sub(pending.len() - before, Ordering::Relaxed);
                     while pending.len() > pending_max {
                         pending.pop_front();
                         stats.history_dropped.fetch_add(1, Ordering::Relaxed);
@@ -261,12 +273,18 @@ impl Writer {
                 }
             })
             .ok();
-        Writer { tx: Some(tx), thread }
+        Writer { tx: Some(tx), queued, pending_max: pending_max.max(1), thread }
     }
 
     pub fn send(&self, r: &Record, stats: &Stats) {
         let Some(tx) = &self.tx else { return };
-        if tx.try_send(r.clone()).is_err() {
+        if self.queued.load(Ordering::Relaxed) >= self.pending_max {
+            stats.history_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if tx.send(r.clone()).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             stats.history_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
