@@ -20,16 +20,25 @@ pub struct CountKey {
 
 const _: () = assert!(core::mem::size_of::<CountKey>() == 24);
 
-/// Per-sampler state, per CPU: a one-second window and the samples sent in it.
-/// What the window suppresses is not kept here: the exact counter has it,
-/// and the daemon reports it (reconciliation in observer/src/counters.rs).
+/// Value of the `COUNTERS` map, per CPU: the exact count, and the rate
+/// limiter's one-second window with the samples sent in it. One value for
+/// both, so that a hook pays for one map lookup.
+///
+/// What the window suppresses is not kept: `count` has it, and the daemon
+/// reports it (reconciliation in observer/src/counters.rs).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SamplerState {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Every occurrence, sampled or not.
+    pub count: u64,
+    /// CLOCK_MONOTONIC start of the current sampling window.
     pub window_start_ns: u64,
+    /// Samples sent in that window.
     pub sent: u32,
     pub _pad: u32,
 }
+
+const _: () = assert!(core::mem::size_of::<Counter>() == 24);
 
 /// Slots of the `LOSS` per-CPU array.
 #[repr(u32)]
@@ -51,6 +60,6 @@ mod user {
     // SAFETY: plain repr(C) integers and byte arrays without implicit padding
     // (size asserted above), so every byte is initialised.
     unsafe impl aya::Pod for super::CountKey {}
-    // SAFETY: as above; u64 first, then two u32: no padding.
-    unsafe impl aya::Pod for super::SamplerState {}
+    // SAFETY: as above; two u64 first, then two u32: no padding (size asserted).
+    unsafe impl aya::Pod for super::Counter {}
 }

@@ -1,12 +1,18 @@
 //! The one exit of every program: exact count, per-key sampling, ring buffer.
+//!
+//! A hook that has its key before it builds the record calls `count` and
+//! builds the record only when a sample is due (`submit`); the others call
+//! `record`. Counting first is what makes the daemon's reconciliation exact
+//! (observer/src/counters.rs): a sample is always submitted after its
+//! occurrence was counted.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use observer_common::{
-    counter::{LossSlot, SamplerState},
+    counter::{Counter, LossSlot},
     CountKey, FailureRecord,
 };
 
-use crate::maps::{config, COUNTERS, EVENTS, LOSS, SAMPLER};
+use crate::maps::{config, COUNTERS, EVENTS, LOSS};
 
 const WINDOW_NS: u64 = 1_000_000_000;
 
@@ -18,58 +24,51 @@ fn loss(slot: LossSlot, n: u64) {
     }
 }
 
-/// Counts one occurrence under `key`; true when the per-key rate limit
-/// lets a sample of it through.
+/// Counts one occurrence under `key`; true when the per-key rate limit lets
+/// a sample of it through (then `submit` it).
 ///
 /// A sample stands for its own occurrence only (`count` = 1). Suppressed
 /// occurrences are not carried by a later sample: the daemon reports them
-/// from the exact counters (observer/src/counters.rs). Carrying them here
-/// too would let a late sample repeat counts the daemon already reported,
-/// and the daemon cannot take them out of this map atomically.
-fn count_and_sample(key: &CountKey, now: u64) -> bool {
-    match COUNTERS.get_ptr_mut(key) {
-        // SAFETY: per-CPU value of this CPU, valid while the program runs.
-        Some(p) => unsafe { *p += 1 },
-        None => {
-            if COUNTERS.insert(key, 1u64, 0).is_err() {
-                loss(LossSlot::CounterMapFull, 1);
-            }
-        }
-    }
+/// from the exact counters. Carrying them here too would let a late sample
+/// repeat counts the daemon already reported, and the daemon cannot take
+/// them out of this map atomically.
+#[inline(always)]
+pub fn count(key: &CountKey) -> bool {
+    // (bpf_ktime_get_coarse_ns would be cheaper, but tracing programs may
+    // not call it: they can run in NMI context.)
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     let limit = config!(samples_per_sec);
-    match SAMPLER.get_ptr_mut(key) {
+    match COUNTERS.get_ptr_mut(key) {
         Some(p) => {
             // SAFETY: per-CPU value of this CPU, valid while the program runs.
-            let s = unsafe { &mut *p };
-            if now.wrapping_sub(s.window_start_ns) >= WINDOW_NS {
-                s.window_start_ns = now;
-                s.sent = 0;
+            let c = unsafe { &mut *p };
+            c.count += 1;
+            if now.wrapping_sub(c.window_start_ns) >= WINDOW_NS {
+                c.window_start_ns = now;
+                c.sent = 0;
             }
-            if s.sent >= limit {
+            if c.sent >= limit {
                 return false;
             }
-            s.sent += 1;
+            c.sent += 1;
             true
         }
         None => {
-            let s = SamplerState { window_start_ns: now, sent: 1, _pad: 0 };
-            // A failed insert only loses rate-limit state, not the sample.
-            let _ = SAMPLER.insert(key, s, 0);
+            let c = Counter { count: 1, window_start_ns: now, sent: 1, _pad: 0 };
+            if COUNTERS.insert(key, c, 0).is_err() {
+                loss(LossSlot::CounterMapFull, 1);
+            }
             true
         }
     }
 }
 
-/// Records one failure. `key` is what the exact counter is kept by; the
-/// record is sent only when the per-key sampler lets it through.
+/// Sends a sample whose occurrence `count` has counted.
 #[inline(always)]
-pub fn record(key: &CountKey, mut rec: FailureRecord) {
+pub fn submit(mut rec: FailureRecord) {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if !count_and_sample(key, now) {
-        return;
-    }
-    rec.ts_ns = now;
+    rec.ts_ns = unsafe { bpf_ktime_get_ns() };
     rec.count = 1;
     match EVENTS.reserve::<FailureRecord>(0) {
         Some(mut entry) => {
@@ -77,6 +76,15 @@ pub fn record(key: &CountKey, mut rec: FailureRecord) {
             entry.submit(0);
         }
         None => loss(LossSlot::RingbufFull, 1),
+    }
+}
+
+/// Records one failure. `key` is what the exact counter is kept by; the
+/// record is sent only when the per-key sampler lets it through.
+#[inline(always)]
+pub fn record(key: &CountKey, rec: FailureRecord) {
+    if count(key) {
+        submit(rec);
     }
 }
 

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     record::{flags, AF_INET, AF_INET6},
-    Action, FailureRecord,
+    Action, CountKey, FailureRecord,
 };
 
 use crate::{
@@ -79,37 +79,50 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
         return Ok(());
     }
     let (acceptq, max) = kread::listener_queue(tp)?;
-    let synq = kread::listener_syn_queue(tp)?;
     // The kernel's own conditions: sk_acceptq_is_full() and
     // inet_csk_reqsk_queue_is_full() compare with ">".
-    let action = if acceptq > max {
-        Action::ListenOverflow
-    } else if synq > max {
-        Action::SynQueueOverflow
+    let (action, queue_len) = if acceptq > max {
+        (Action::ListenOverflow, acceptq)
     } else {
-        return Ok(());
+        let synq = kread::listener_syn_queue(tp)?;
+        if synq <= max {
+            return Ok(());
+        }
+        (Action::SynQueueOverflow, synq)
     };
+    // During a flood this runs for every SYN: count by the key first, and
+    // read the rest of the record only for the samples.
+    let mut dst_addr = [0u8; 16];
+    if alen == 4 {
+        let d: [u8; 4] = ctx.load(daddr_off).map_err(|_| -1)?;
+        dst_addr[..4].copy_from_slice(&d);
+    } else {
+        dst_addr = ctx.load(daddr_off).map_err(|_| -1)?;
+    }
+    let ports: [u8; 4] = ctx.load(ip_len).map_err(|_| -1)?;
+    let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    let netns = kread::sock_netns(tp)?;
+    let key = CountKey { netns, port: dst_port, action: action as u8, family: family as u8, addr: dst_addr };
+    if !emit::count(&key) {
+        return Ok(());
+    }
     let mut rec = FailureRecord::zeroed();
     rec.action = action as u8;
     rec.family = family as u8;
     rec.flags = flags::HAS_LISTENER | if action == Action::ListenOverflow { flags::SYN_STAGE } else { 0 };
     rec.backlog = max;
-    rec.queue_len = if action == Action::ListenOverflow { acceptq } else { synq };
+    rec.queue_len = queue_len;
     rec.state = BPF_TCP_LISTEN as u8;
-    rec.netns = kread::sock_netns(tp)?;
+    rec.netns = netns;
+    rec.dst_addr = dst_addr;
+    rec.dst_port = dst_port;
+    rec.src_port = u16::from_be_bytes([ports[0], ports[1]]);
     if alen == 4 {
         let s: [u8; 4] = ctx.load(saddr_off).map_err(|_| -1)?;
-        let d: [u8; 4] = ctx.load(daddr_off).map_err(|_| -1)?;
         rec.src_addr[..4].copy_from_slice(&s);
-        rec.dst_addr[..4].copy_from_slice(&d);
     } else {
         rec.src_addr = ctx.load(saddr_off).map_err(|_| -1)?;
-        rec.dst_addr = ctx.load(daddr_off).map_err(|_| -1)?;
     }
-    let ports: [u8; 4] = ctx.load(ip_len).map_err(|_| -1)?;
-    rec.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-    rec.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
-    emit::record(&key, rec);
+    emit::submit(rec);
     Ok(())
 }

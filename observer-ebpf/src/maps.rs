@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
-use observer_common::{config::KernelConfig, counter::SamplerState, CountKey};
+use observer_common::{config::KernelConfig, counter::Counter, CountKey};
 
 /// Layouts and values of the running kernel, written by the daemon before load.
 // SAFETY: the symbol name is unique in the object; aya finds the global by it.
@@ -15,15 +15,11 @@ pub static CONFIG: KernelConfig = KernelConfig::UNSET;
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Exact occurrence counts per (netns, action, local endpoint). LRU per-CPU:
-/// no atomics on the hot path, and a flood of new keys evicts the coldest
-/// instead of failing the insert.
+/// Exact occurrence counts per (netns, action, local endpoint), with the
+/// per-key rate limiter's state. LRU per-CPU: no atomics on the hot path, and
+/// a flood of new keys evicts the coldest instead of failing the insert.
 #[map]
-pub static COUNTERS: LruPerCpuHashMap<CountKey, u64> = LruPerCpuHashMap::with_max_entries(16384, 0);
-
-/// Rate limiter state per key and CPU.
-#[map]
-pub static SAMPLER: LruPerCpuHashMap<CountKey, SamplerState> = LruPerCpuHashMap::with_max_entries(16384, 0);
+pub static COUNTERS: LruPerCpuHashMap<CountKey, Counter> = LruPerCpuHashMap::with_max_entries(16384, 0);
 
 /// Loss accounting, indexed by `LossSlot`.
 #[map]

@@ -58,7 +58,7 @@ use std::{
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
 use lru::LruCache;
 use observer_common::{
-    counter::{LossSlot, LOSS_SLOTS},
+    counter::{Counter, LossSlot, LOSS_SLOTS},
     record::{flags, AF_INET},
     Action, CountKey, FailureRecord,
 };
@@ -96,7 +96,7 @@ pub fn settle(every: Duration) -> Duration {
 
 /// The kernel side: the two maps, taken out of the loaded object.
 pub struct KernelCounters {
-    counters: PerCpuHashMap<MapData, CountKey, u64>,
+    counters: PerCpuHashMap<MapData, CountKey, Counter>,
     loss: PerCpuArray<MapData, u64>,
     max_keys: usize,
 }
@@ -115,7 +115,8 @@ impl KernelCounters {
     /// programs are detached, for the last reading at shutdown.
     pub fn take(ebpf: &mut aya::Ebpf, max_keys: usize) -> Result<KernelCounters, CountersError> {
         let map = ebpf.take_map("COUNTERS").ok_or(CountersError::Missing("COUNTERS"))?;
-        let counters = PerCpuHashMap::try_from(map).map_err(|source| CountersError::Map { name: "COUNTERS", source })?;
+        let counters =
+            PerCpuHashMap::try_from(map).map_err(|source| CountersError::Map { name: "COUNTERS", source })?;
         let map = ebpf.take_map("LOSS").ok_or(CountersError::Missing("LOSS"))?;
         let loss = PerCpuArray::try_from(map).map_err(|source| CountersError::Map { name: "LOSS", source })?;
         Ok(KernelCounters { counters, loss, max_keys: max_keys.max(1) })
@@ -133,7 +134,7 @@ impl KernelCounters {
                 return Ok(Snapshot { counts, complete: false });
             }
             let (key, values) = item.map_err(|source| CountersError::Map { name: "COUNTERS", source })?;
-            counts.insert(key, values.iter().fold(0u64, |a, v| a.wrapping_add(*v)));
+            counts.insert(key, values.iter().fold(0u64, |a, v| a.wrapping_add(v.count)));
         }
         Ok(Snapshot { counts, complete: true })
     }
@@ -338,7 +339,13 @@ pub struct CounterStage {
 impl CounterStage {
     /// `max_keys`: the kernel's `counter_entries`; the reconciliation state
     /// keeps twice as many (keys of one interval's samples on top of the map).
-    pub fn new(kernel: KernelCounters, max_keys: usize, every: Duration, warn_every: Duration, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        kernel: KernelCounters,
+        max_keys: usize,
+        every: Duration,
+        warn_every: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
         CounterStage {
             kernel,
             reconciler: Reconciler::new(max_keys.saturating_mul(2)),
@@ -465,7 +472,13 @@ mod tests {
     const SETTLE: Duration = Duration::from_millis(500);
 
     fn key(port: u16) -> CountKey {
-        CountKey { netns: 7, port, action: Action::Refused as u8, family: AF_INET, addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] }
+        CountKey {
+            netns: 7,
+            port,
+            action: Action::Refused as u8,
+            family: AF_INET,
+            addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        }
     }
 
     fn snap(pairs: &[(CountKey, u64)]) -> Snapshot {

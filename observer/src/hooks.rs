@@ -195,7 +195,6 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Ebpf, Vec<HookStatus>), aya::Ebpf
         .override_global("CONFIG", opts.config, true)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .map_max_entries("COUNTERS", opts.counter_entries)
-        .map_max_entries("SAMPLER", opts.counter_entries)
         .load(OBJECT)?;
     let mut statuses = Vec::new();
     for spec in HOOKS {
