@@ -96,5 +96,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::LabPeer(args) => observer::lab::peer::run(args),
+        Command::Bench(args) => observer::bench::run(&args),
     }
 }

@@ -1,4 +1,4 @@
-//! Developer and CI tasks: `cargo xtask setup | test | run | lab`.
+//! Developer and CI tasks: `cargo xtask setup | test | run | lab | bench`.
 //!
 //! Everything a fresh machine needs is installed from here, idempotently, so
 //! that the README's two commands work on a machine nobody touched by hand.
@@ -48,6 +48,14 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Set up, build (release), and benchmark the observer under a refused
+    /// storm and a SYN flood against a baseline, a bpftrace peer and the
+    /// kernel's counters; prints a table, writes target/bench/bench-<time>.json.
+    Bench {
+        /// Arguments for `observer bench` (e.g. `--rounds 5 --seconds 3`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +81,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Run { args } => observer(&["run"], &args),
         Task::Lab { args } => observer(&["lab"], &args),
+        Task::Bench { args } => {
+            if !nix_is_root() {
+                bail!("the benchmark needs root (it loads eBPF programs and creates network namespaces)");
+            }
+            // The report lands in the workspace's target/, wherever cargo was started.
+            let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+            let out = out.to_string_lossy().into_owned();
+            observer(&["bench", "--out", &out], &args)
+        }
         Task::Install { root } => install::run(&root),
     }
 }

@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces in tests and the lab"),
     ("procps", "sysctl in tests"),
     ("util-linux", "setpriv for the privilege tests"),
+    ("bpftrace", "the peer the benchmark compares the observer with (cargo xtask bench)"),
     ("rsyslog", "a real syslog receiver for the syslog output tests"),
     ("systemd", "systemd-analyze verifies the service unit in the tests"),
 ];
