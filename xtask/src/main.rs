@@ -86,8 +86,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("the benchmark needs root (it loads eBPF programs and creates network namespaces)");
             }
             // The report lands in the workspace's target/, wherever cargo was started.
-            let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-            let out = out.to_string_lossy().into_owned();
+            let xtask = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let out = xtask.parent().unwrap_or(xtask).join("target/bench").to_string_lossy().into_owned();
             observer(&["bench", "--out", &out], &args)
         }
         Task::Install { root } => install::run(&root),

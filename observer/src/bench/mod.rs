@@ -68,6 +68,9 @@ pub struct BenchArgs {
     /// Run only these storms (repeatable).
     #[arg(long, value_enum)]
     pub storm: Vec<Storm>,
+    /// Another program for the bpftrace peer (experiments: raw tracepoints, say).
+    #[arg(long, value_name = "PROGRAM")]
+    pub bpftrace_program: Option<String>,
     /// Skip the profile runs (the observer with kernel.bpf_stats_enabled,
     /// for the kernel time of each hook per failure).
     #[arg(long)]
@@ -297,7 +300,7 @@ fn one(
     profile: bool,
 ) -> anyhow::Result<Run> {
     let ns = env.netns(storm);
-    let mut running = Running::start(peer, &env.dir)?;
+    let mut running = Running::start(peer, &env.dir, args.bpftrace_program.as_deref())?;
     let before = nstat(ns)?;
     let cpu0 = running.cpu();
     let progs0 = if profile { running.program_stats() } else { Vec::new() };

@@ -101,7 +101,7 @@ fn watch(
 
 impl Running {
     /// Starts `peer`; returns once it is ready (programs attached).
-    pub fn start(peer: Peer, dir: &Path) -> anyhow::Result<Running> {
+    pub fn start(peer: Peer, dir: &Path, bpftrace: Option<&str>) -> anyhow::Result<Running> {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (child, ready, log) = match peer {
             Peer::Baseline => return Ok(Running { peer, child: None, log: None, stderr, reader: None }),
@@ -134,7 +134,7 @@ impl Running {
             Peer::Bpftrace => {
                 let mut child = Command::new("bpftrace")
                     .arg("-e")
-                    .arg(bpftrace_program())
+                    .arg(bpftrace.map_or_else(bpftrace_program, str::to_owned))
                     .stdout(Stdio::piped())
                     .stderr(Stdio::null())
                     .spawn()
