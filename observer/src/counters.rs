@@ -279,6 +279,28 @@ impl Reconciler {
     }
 }
 
+/// Hook runs the kernel skipped for this process's programs: the sum of
+/// their `recursion_misses` (in /proc/self/fdinfo of each program fd). A
+/// tracepoint program is skipped when another eBPF program is already
+/// running on that CPU, say a hook interrupted by a softirq that fires
+/// another hook; that occurrence is in no count. None when no program fd
+/// is open (after detach).
+pub fn hook_misses() -> Option<u64> {
+    let dir = std::fs::read_dir("/proc/self/fdinfo").ok()?;
+    let mut total = None;
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+        if !text.contains("prog_type:") {
+            continue;
+        }
+        let misses = text.lines().find_map(|l| l.strip_prefix("recursion_misses:")?.trim().parse::<u64>().ok());
+        if let Some(m) = misses {
+            total = Some(total.unwrap_or(0) + m);
+        }
+    }
+    total
+}
+
 /// Rate-limited warnings for the kernel's loss slots and counter resets.
 struct LossWatch {
     every: Duration,
@@ -286,11 +308,14 @@ struct LossWatch {
     /// Totals at the last warning.
     warned: [u64; LOSS_SLOTS as usize],
     resets_warned: u64,
+    misses_warned: u64,
 }
 
 impl LossWatch {
-    fn check(&mut self, now: Instant, totals: [u64; LOSS_SLOTS as usize], resets: u64) {
-        let new = totals.iter().zip(self.warned).any(|(t, w)| *t > w) || resets > self.resets_warned;
+    fn check(&mut self, now: Instant, totals: [u64; LOSS_SLOTS as usize], resets: u64, misses: u64) {
+        let new = totals.iter().zip(self.warned).any(|(t, w)| *t > w)
+            || resets > self.resets_warned
+            || misses > self.misses_warned;
         if !new || self.last.is_some_and(|l| now.saturating_duration_since(l) < self.every) {
             return;
         }
@@ -319,8 +344,16 @@ impl LossWatch {
                  (capture.counter_entries sets how many keys are kept)"
             );
         }
+        let n = misses.saturating_sub(self.misses_warned);
+        if n > 0 {
+            warn!(
+                "lost {n} occurrences: the kernel skipped a hook because another eBPF program was running on \
+                 that CPU; they are not counted anywhere"
+            );
+        }
         self.warned = totals;
         self.resets_warned = resets;
+        self.misses_warned = misses;
     }
 }
 
@@ -349,7 +382,13 @@ impl CounterStage {
         CounterStage {
             kernel,
             reconciler: Reconciler::new(max_keys.saturating_mul(2)),
-            watch: LossWatch { every: warn_every, last: None, warned: [0; LOSS_SLOTS as usize], resets_warned: 0 },
+            watch: LossWatch {
+                every: warn_every,
+                last: None,
+                warned: [0; LOSS_SLOTS as usize],
+                resets_warned: 0,
+                misses_warned: 0,
+            },
             stats,
             every,
             poll_error_warned: false,
@@ -410,7 +449,12 @@ impl CounterStage {
                 self.stats.kernel_ringbuf_full.store(totals[LossSlot::RingbufFull as usize], Relaxed);
                 self.stats.kernel_counter_map_full.store(totals[LossSlot::CounterMapFull as usize], Relaxed);
                 self.stats.kernel_read_failed.store(totals[LossSlot::ReadFailed as usize], Relaxed);
-                self.watch.check(now, totals, Stats::get(&self.stats.counter_resets));
+                // Kept at the last value once the programs are detached.
+                if let Some(m) = hook_misses() {
+                    self.stats.kernel_hook_misses.fetch_max(m, Relaxed);
+                }
+                let misses = Stats::get(&self.stats.kernel_hook_misses);
+                self.watch.check(now, totals, Stats::get(&self.stats.counter_resets), misses);
             }
             Err(e) => self.poll_failed(e),
         }

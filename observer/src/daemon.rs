@@ -180,7 +180,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(
         "stopped: {} records, {} decode errors, {} write errors; {} occurrences in {} reconciliation records; \
          kernel loss: {} samples (ring buffer full, counted), {} uncounted (counter map full), {} uncounted \
-         (read failed); {} counter resets",
+         (read failed), {} uncounted (hook skipped); {} counter resets",
         Stats::get(&stats.records),
         Stats::get(&stats.decode_errors),
         Stats::get(&stats.write_errors),
@@ -189,6 +189,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Stats::get(&stats.kernel_ringbuf_full),
         Stats::get(&stats.kernel_counter_map_full),
         Stats::get(&stats.kernel_read_failed),
+        Stats::get(&stats.kernel_hook_misses),
         Stats::get(&stats.counter_resets),
     );
     Ok(())

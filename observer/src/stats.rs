@@ -31,6 +31,9 @@ pub struct Stats {
     pub kernel_counter_map_full: AtomicU64,
     /// Occurrences lost because a kernel read in a hook failed. Lost: in no count.
     pub kernel_read_failed: AtomicU64,
+    /// Hook runs the kernel skipped because another eBPF program was running
+    /// on that CPU (the programs' `recursion_misses`). Lost: in no count.
+    pub kernel_hook_misses: AtomicU64,
     /// Reconciliation records written: occurrences the kernel counted that
     /// no sample carried (rate limit, full ring buffer, undecodable record).
     pub reconciled_records: AtomicU64,

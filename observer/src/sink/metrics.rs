@@ -230,6 +230,7 @@ impl Collector for Health {
             kernel_ringbuf_full,
             kernel_counter_map_full,
             kernel_read_failed,
+            kernel_hook_misses,
             reconciled_records,
             reconciled_occurrences,
             counter_resets,
@@ -271,6 +272,11 @@ impl Collector for Health {
                 kernel_read_failed,
             ),
             (
+                "observer_kernel_hook_misses",
+                "Hook runs the kernel skipped because another eBPF program ran on that CPU (not counted)",
+                kernel_hook_misses,
+            ),
+            (
                 "observer_reconciled_records",
                 "Reconciliation records written for occurrences no sample carried",
                 reconciled_records,
@@ -300,10 +306,11 @@ impl Collector for Health {
             ("observer_alerts_rate_limited", "Alerts suppressed by the rate limit (summarized)", alerts_rate_limited),
             ("observer_alerts_dropped", "Alerts not queued because the webhook queue was full", alerts_dropped),
         ];
-        let lost = Stats::get(kernel_counter_map_full) + Stats::get(kernel_read_failed);
+        let lost =
+            Stats::get(kernel_counter_map_full) + Stats::get(kernel_read_failed) + Stats::get(kernel_hook_misses);
         let values = counters.into_iter().map(|(name, help, v)| (name, help, Stats::get(v))).chain([(
             "observer_events_lost",
-            "Failure occurrences in no count (kernel map full, kernel read failed)",
+            "Failure occurrences in no count (kernel map full, kernel read failed, hook skipped)",
             lost,
         )]);
         for (name, help, value) in values {
