@@ -722,3 +722,64 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(storm: Storm, peer: Peer, round: u32, rate_per_cpu: f64) -> Run {
+        Run {
+            storm,
+            peer,
+            round,
+            seconds: 1.0,
+            attempts: 0,
+            failures: 1_000_000,
+            rate: rate_per_cpu * 2.0,
+            load_cpu_secs: 0.0,
+            rate_per_cpu,
+            profile: false,
+            hooks: Vec::new(),
+            observer: None,
+            bpftrace_cpu_secs: None,
+            bpftrace_counts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts_ignores_nan() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![f64::NAN, 5.0]), 5.0);
+        assert!(median(vec![]).is_nan());
+    }
+
+    #[test]
+    fn ratios_are_per_round_against_that_rounds_baseline() {
+        // The machine got twice as slow in round 1: per-round ratios hide it.
+        let runs = vec![
+            run(Storm::Refused, Peer::Baseline, 0, 100.0),
+            run(Storm::Refused, Peer::Observer, 0, 90.0),
+            run(Storm::Refused, Peer::Baseline, 1, 50.0),
+            run(Storm::Refused, Peer::Observer, 1, 45.0),
+        ];
+        let (peers, _) = summarize(&runs);
+        let o = peers.iter().find(|p| p.peer == Peer::Observer).unwrap();
+        assert!((o.ratio - 0.9).abs() < 1e-9, "{o:?}");
+        assert!((o.min_ratio - 0.9).abs() < 1e-9 && (o.max_ratio - 0.9).abs() < 1e-9);
+        let t = targets(&peers, &[], 1);
+        assert!(t.iter().any(|t| !t.met && t.measured == "90.0%"), "{t:?}");
+    }
+
+    #[test]
+    fn hook_costs_are_deltas_per_failure() {
+        let before = vec![ProgramStat { name: "a".into(), runs: 10, ns: 1000 }];
+        let after = vec![
+            ProgramStat { name: "a".into(), runs: 30, ns: 5000 },
+            ProgramStat { name: "b".into(), runs: 10, ns: 9000 },
+        ];
+        let c = hook_costs(&before, &after, 10);
+        assert_eq!(c[0].program, "b", "most expensive first");
+        assert_eq!((c[1].runs_per_failure, c[1].ns_per_run, c[1].ns_per_failure), (2.0, 200.0, 400.0));
+    }
+}
