@@ -6,8 +6,8 @@ use observer::{
     config::Config,
     daemon, doctor,
     history::Reader,
-    views,
     privilege::MissingCapability,
+    views,
 };
 
 fn main() -> ExitCode {
@@ -62,7 +62,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Why(args) => {
             let reader = Reader::open(&config.daemon.state_dir).map_err(|e| e.to_string());
-            let why = views::why::WhyArgs { port: args.port, since: args.since, netns: args.netns, nft: config.enrich.nft };
+            let why =
+                views::why::WhyArgs { port: args.port, since: args.since, netns: args.netns, nft: config.enrich.nft };
             views::why::show(&why, reader, &mut std::io::stdout().lock())
         }
         Command::Doctor(args) => {
