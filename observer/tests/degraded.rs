@@ -52,10 +52,10 @@ fn a_missing_tracepoint_degrades_only_its_hook() {
     daemon.stop();
 }
 
-#[test]
-fn doctor_reports_the_missing_hook() {
+/// `observer doctor --json`'s hook table with one tracepoint removed from a fake tracefs.
+fn doctor_hooks_without(tracepoint: &str) -> Vec<serde_json::Value> {
     let fake = tempfile::tempdir().unwrap();
-    tracefs_without(fake.path(), "skb/kfree_skb");
+    tracefs_without(fake.path(), tracepoint);
     let cfg = fake.path().join("observer.toml");
     std::fs::write(&cfg, format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string())).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_observer"))
@@ -66,7 +66,12 @@ fn doctor_reports_the_missing_hook() {
         .unwrap();
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let hooks = report["hooks"].as_array().unwrap();
+    report["hooks"].as_array().unwrap().clone()
+}
+
+#[test]
+fn doctor_reports_the_missing_hook() {
+    let hooks = doctor_hooks_without("skb/kfree_skb");
     let kfree = hooks.iter().find(|h| h["hook"] == "kfree_skb").unwrap();
     assert_eq!(kfree["status"], "unavailable");
     assert!(kfree["why"].as_str().unwrap().contains("skb:kfree_skb not found"), "{kfree}");
@@ -83,19 +88,7 @@ fn doctor_reports_the_missing_hook() {
 /// enter program alone would only fill a map), and nothing else.
 #[test]
 fn a_missing_sys_exit_connect_degrades_only_sys_connect() {
-    let fake = tempfile::tempdir().unwrap();
-    tracefs_without(fake.path(), "syscalls/sys_exit_connect");
-    let cfg = fake.path().join("observer.toml");
-    std::fs::write(&cfg, format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string())).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_observer"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let hooks = report["hooks"].as_array().unwrap();
+    let hooks = doctor_hooks_without("syscalls/sys_exit_connect");
     let sys = hooks.iter().find(|h| h["hook"] == "sys_connect").unwrap();
     assert_eq!(sys["status"], "unavailable");
     assert!(sys["why"].as_str().unwrap().contains("syscalls:sys_exit_connect not found"), "{sys}");
