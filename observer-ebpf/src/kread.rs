@@ -208,6 +208,23 @@ pub struct Tuple {
     pub dport: u16,
 }
 
+impl Tuple {
+    /// A record for a connection the peer initiated: the socket's own side
+    /// (sport/saddr) is the destination, the peer the source.
+    #[inline(always)]
+    pub fn peer_initiated(&self, action: observer_common::Action) -> Res<observer_common::FailureRecord> {
+        let mut rec = observer_common::FailureRecord::zeroed();
+        rec.action = action as u8;
+        rec.family = self.family;
+        rec.netns = sock_netns(self.skaddr)?;
+        rec.src_addr = self.daddr;
+        rec.src_port = self.dport;
+        rec.dst_addr = self.saddr;
+        rec.dst_port = self.sport;
+        Ok(rec)
+    }
+}
+
 #[inline(always)]
 pub fn tuple(ctx: &TracePointContext, l: &observer_common::config::TupleLayout) -> Res<Tuple> {
     let skaddr: u64 = field(ctx, l.skaddr)?;

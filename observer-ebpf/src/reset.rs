@@ -119,16 +119,9 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
     let l = config!(receive_reset);
     let t = kread::tuple(ctx, &l)?;
-    let mut rec = FailureRecord::zeroed();
-    rec.action = Action::ResetReceived as u8;
-    rec.family = t.family;
-    rec.netns = kread::sock_netns(t.skaddr)?;
+    // By default the peer initiated; corrected below for this host's connects.
+    let mut rec = t.peer_initiated(Action::ResetReceived)?;
     rec.state = kread::sock_state(t.skaddr).unwrap_or(0);
-    // The socket's own side is sport/saddr; by default the peer initiated.
-    rec.src_addr = t.daddr;
-    rec.src_port = t.dport;
-    rec.dst_addr = t.saddr;
-    rec.dst_port = t.sport;
     if let Some(o) = crate::connect::active_owner(t.skaddr) {
         outbound(&mut rec, o);
     } else if rec.state as u32 == config!(values.tcp_syn_sent) {

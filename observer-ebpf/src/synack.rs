@@ -3,7 +3,7 @@
 //! spoofed SYN). The listener is the socket; the tuple is the request's.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use observer_common::{record::flags, Action, FailureRecord};
+use observer_common::{record::flags, Action};
 
 use crate::{
     emit,
@@ -22,15 +22,8 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Res<()> {
     let l = config!(retransmit_synack);
     let t = kread::tuple(ctx, &l)?;
-    let mut rec = FailureRecord::zeroed();
-    rec.action = Action::SynackRetransmit as u8;
-    rec.family = t.family;
-    rec.netns = kread::sock_netns(t.skaddr)?;
     // sport/saddr are the listener's side; the client initiated.
-    rec.src_addr = t.daddr;
-    rec.src_port = t.dport;
-    rec.dst_addr = t.saddr;
-    rec.dst_port = t.sport;
+    let mut rec = t.peer_initiated(Action::SynackRetransmit)?;
     if let Ok((len, max)) = kread::listener_queue(t.skaddr) {
         rec.queue_len = kread::listener_syn_queue(t.skaddr).unwrap_or(len);
         rec.backlog = max;
