@@ -219,7 +219,7 @@ fn upsert_diagnosis(tx: &rusqlite::Transaction<'_>, d: &DiagnosisRecord) -> rusq
         parse_ms(&d.diagnosis.first_seen),
         parse_ms(&d.diagnosis.last_seen),
         d.diagnosis.kind.as_str(),
-        serde_json::to_value(d.diagnosis.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        d.diagnosis.status.as_str(),
         d.observer.netns,
         d.destination.port,
         json

@@ -22,14 +22,14 @@ pub fn kind(key: &Key, facts: &Facts) -> Kind {
     if let Some(k) = key.class.kind() {
         return k;
     }
-    let served_here = facts.serving(key.ip).is_some();
-    if !facts.on_port.is_empty() && !served_here {
-        return Kind::ListenerAddressMismatch;
+    // Served, but not where these clients connect: on another address or
+    // family here (on_port), or only in another namespace (elsewhere).
+    let served_elsewhere = !facts.on_port.is_empty() || !facts.elsewhere.is_empty();
+    if served_elsewhere && facts.serving(key.ip).is_none() {
+        Kind::ListenerAddressMismatch
+    } else {
+        Kind::NoListener
     }
-    if facts.on_port.is_empty() && !facts.elsewhere.is_empty() {
-        return Kind::ListenerAddressMismatch;
-    }
-    Kind::NoListener
 }
 
 /// A stable id: the same kind, namespace and endpoint always give the same

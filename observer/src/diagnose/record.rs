@@ -95,6 +95,18 @@ pub enum Status {
     Resolved,
 }
 
+impl Status {
+    /// The serde name, for tables, labels and the history's index column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Ongoing => "ongoing",
+            Status::Escalated => "escalated",
+            Status::Resolved => "resolved",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DiagnosisRecord {
     #[serde(rename = "@timestamp")]

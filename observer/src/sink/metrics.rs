@@ -87,15 +87,6 @@ struct HookLabels {
     hook: &'static str,
 }
 
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Open => "open",
-        Status::Ongoing => "ongoing",
-        Status::Escalated => "escalated",
-        Status::Resolved => "resolved",
-    }
-}
-
 /// Open diagnoses tracked for the gauge at most.
 const MAX_ACTIVE: usize = 100_000;
 
@@ -154,9 +145,7 @@ impl Metrics {
             Record::Diagnosis(d) => {
                 let kind = d.diagnosis.kind;
                 let status = d.diagnosis.status;
-                self.diagnoses
-                    .get_or_create(&DiagnosisLabels { kind: kind.as_str(), status: status_name(status) })
-                    .inc();
+                self.diagnoses.get_or_create(&DiagnosisLabels { kind: kind.as_str(), status: status.as_str() }).inc();
                 // An update of a diagnosis opened before the engine forgot
                 // it still counts as open: the id is what matters.
                 let before = tracked.active.len();

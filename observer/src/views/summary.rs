@@ -8,7 +8,7 @@ use std::{
 
 use super::{actions_of, fit, short_time, sparkline};
 use crate::{
-    diagnose::record::{DiagnosisRecord, Kind},
+    diagnose::record::Kind,
     history::{BucketQuery, Reader},
 };
 
@@ -56,8 +56,7 @@ pub fn table(reader: &Reader, since: Duration, port: Option<u16>, out: &mut impl
             source: r.source.as_ref().map(|s| s.ip.to_string()),
         };
         let activity = reader.buckets(&q, from, now, INTERVALS).map(|b| sparkline(&b)).unwrap_or_default();
-        let status =
-            serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let status = d.status.as_str();
         writeln!(
             out,
             "{:<26} {:<22} {:<18} {:>7} {:>7}  {:<8} {:<8} {:<9} |{activity}|",
@@ -73,9 +72,4 @@ pub fn table(reader: &Reader, since: Duration, port: Option<u16>, out: &mut impl
         writeln!(out, "    {}", d.summary)?;
     }
     Ok(())
-}
-
-/// The records, for callers that want them typed.
-pub fn records(reader: &Reader, since: Duration, port: Option<u16>) -> anyhow::Result<Vec<DiagnosisRecord>> {
-    Ok(reader.diagnoses(SystemTime::now() - since, port)?)
 }

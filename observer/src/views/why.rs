@@ -134,8 +134,7 @@ pub fn show(args: &WhyArgs, reader: Result<Reader, String>, out: &mut impl Write
     }
     for r in diagnoses {
         let d = &r.diagnosis;
-        let status =
-            serde_json::to_value(d.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let status = d.status.as_str();
         writeln!(out, "  [{status}] {} (id {}, last {})", d.kind, d.id, d.last_seen)?;
         writeln!(out, "    {}", d.summary)?;
         for a in &d.advice {
