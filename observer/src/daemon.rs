@@ -196,10 +196,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// The diagnose stage: forwards every failure event to the sinks, feeds
-/// the engine, and writes what is due after each burst and every second
-/// (updates and resolutions happen without new events).
+/// the engine, and writes what is due on a 250 ms tick. Looking for due
+/// diagnoses walks every tracked endpoint, so it runs on the tick rather
+/// than after every burst, which in a flood comes thousands of times a
+/// second; updates and resolutions need the tick anyway.
 async fn diagnose(mut diagnoser: Diagnoser, mut events: mpsc::Receiver<FailureEvent>, out: mpsc::Sender<Record>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -219,11 +221,12 @@ async fn diagnose(mut diagnoser: Diagnoser, mut events: mpsc::Receiver<FailureEv
                     next = events.try_recv().ok();
                 }
             }
-            _ = tick.tick() => {}
-        }
-        for d in diagnoser.due().await {
-            if out.send(Record::Diagnosis(Box::new(d))).await.is_err() {
-                return;
+            _ = tick.tick() => {
+                for d in diagnoser.due().await {
+                    if out.send(Record::Diagnosis(Box::new(d))).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
