@@ -15,7 +15,10 @@ pub const UNSET: u16 = u16::MAX;
 
 /// Fields common to tcp_receive_reset, tcp_retransmit_synack,
 /// inet_sock_set_state and inet_sk_error_report: the classic TCP 4-tuple
-/// tracepoint layout.
+/// tracepoint layout. `family` is UNSET where the kernel's tracepoint has
+/// none (tcp_receive_reset and tcp_retransmit_synack before 5.11): the
+/// programs then read the socket's `skc_family` through BTF, which is what
+/// newer kernels copy into the field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TupleLayout {
@@ -72,9 +75,88 @@ pub struct SetStateLayout {
 pub struct KfreeSkbLayout {
     pub skbaddr: u16,
     pub protocol: u16,
+    /// `enum skb_drop_reason` (5.17+); UNSET on older kernels, which are
+    /// read through `location` instead.
     pub reason: u16,
-    /// The socket the packet was delivered to (5.19+ `rx_sk`); optional.
+    /// The socket the packet was delivered to (6.12+ `rx_sk`); optional.
     pub rx_sk: u16,
+    /// The caller of kfree_skb (a return address in kernel text).
+    pub location: u16,
+    pub _pad: [u16; 3],
+}
+
+/// A function's text, `[start, end)`, from /proc/kallsyms: a kfree_skb
+/// `location` inside it means that function dropped the packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl TextRange {
+    pub const EMPTY: TextRange = TextRange { start: 0, end: 0 };
+
+    #[inline(always)]
+    pub fn contains(&self, addr: u64) -> bool {
+        addr >= self.start && addr < self.end
+    }
+}
+
+/// Where each failure that has more than one possible source is read from
+/// on this kernel. The daemon picks one source per failure from what tracefs
+/// and BTF offer, so that no occurrence is counted by two programs.
+pub mod source {
+    /// Nobody reports it.
+    pub const NONE: u8 = 0;
+    /// RSTs sent without a socket (refused SYNs, segments of unknown
+    /// connections): tcp_send_reset fires for them (6.10+ layout).
+    pub const NO_SOCKET_SEND_RESET: u8 = 1;
+    /// ... kfree_skb's drop reason NO_SOCKET, confirmed by the RST the host
+    /// transmitted for the same ports (net_dev_queue).
+    pub const NO_SOCKET_DROP_REASON: u8 = 2;
+    /// ... kfree_skb called from tcp_v4_rcv/tcp_v6_rcv (kernels without drop
+    /// reasons), confirmed by the RST the host transmitted.
+    pub const NO_SOCKET_DROP_LOCATION: u8 = 3;
+    /// Netfilter drops: kfree_skb's drop reason NETFILTER_DROP.
+    pub const NETFILTER_DROP_REASON: u8 = 1;
+    /// ... kfree_skb called from nf_hook_slow or nft_do_chain (kernels
+    /// without drop reasons).
+    pub const NETFILTER_DROP_LOCATION: u8 = 2;
+    /// Final-ACK accept-queue overflows: kfree_skb's TCP_LISTEN_OVERFLOW.
+    pub const ACK_OVERFLOW_DROP_REASON: u8 = 1;
+    /// ... the cgroup_skb listener program sees the final ACK reach a
+    /// listener whose accept queue is full.
+    pub const ACK_OVERFLOW_LISTENER: u8 = 2;
+}
+
+/// The chosen sources (`source::*`) and the function ranges they need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sources {
+    pub no_socket: u8,
+    pub netfilter: u8,
+    pub ack_overflow: u8,
+    pub _pad: [u8; 5],
+    pub tcp_v4_rcv: TextRange,
+    pub tcp_v6_rcv: TextRange,
+    pub nf_hook_slow: TextRange,
+    /// Where nf_tables frees a dropped packet itself (kernels that do,
+    /// when the module is loaded at start-up); empty otherwise.
+    pub nft_do_chain: TextRange,
+}
+
+impl Sources {
+    pub const NONE: Sources = Sources {
+        no_socket: source::NONE,
+        netfilter: source::NONE,
+        ack_overflow: source::NONE,
+        _pad: [0; 5],
+        tcp_v4_rcv: TextRange::EMPTY,
+        tcp_v6_rcv: TextRange::EMPTY,
+        nf_hook_slow: TextRange::EMPTY,
+        nft_do_chain: TextRange::EMPTY,
+    };
 }
 
 /// syscalls:sys_enter_connect and syscalls:sys_exit_connect. The syscall
@@ -155,7 +237,9 @@ pub struct StructOffsets {
     pub socket_sk: u16,
     /// `socket.file` (points back at the file: proves it is a socket)
     pub socket_file: u16,
-    pub _pad: [u16; 3],
+    /// `sock.__sk_common.skc_family` (also `request_sock`'s, same prefix)
+    pub sk_family: u16,
+    pub _pad: [u16; 2],
 }
 
 impl StructOffsets {
@@ -189,7 +273,8 @@ impl StructOffsets {
         socket_type: UNSET,
         socket_sk: UNSET,
         socket_file: UNSET,
-        _pad: [0; 3],
+        sk_family: UNSET,
+        _pad: [0; 2],
     };
 }
 
@@ -201,6 +286,9 @@ pub struct KernelValues {
     pub drop_netfilter: u32,
     /// `SKB_DROP_REASON_TCP_LISTEN_OVERFLOW`
     pub drop_listen_overflow: u32,
+    /// `SKB_DROP_REASON_NO_SOCKET`
+    pub drop_no_socket: u32,
+    pub _pad: u32,
     /// `TCP_SYN_SENT` and `TCP_CLOSE` from inet_sock_set_state's print fmt.
     pub tcp_syn_sent: u32,
     pub tcp_close: u32,
@@ -210,7 +298,12 @@ pub struct KernelValues {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
+    /// tcp:tcp_send_reset as 6.10+ lays it out (sockaddr buffers, reason).
     pub send_reset: SendResetLayout,
+    /// tcp:tcp_send_reset before 6.10: the 4-tuple layout (`family` only
+    /// from 6.1 on), for resets sent on a full socket only. `skaddr` UNSET
+    /// when the new layout is in use.
+    pub send_reset_tuple: TupleLayout,
     /// net:net_dev_queue `skbaddr` (reject detection).
     pub dev_queue_skbaddr: u16,
     pub _pad0: u16,
@@ -221,6 +314,7 @@ pub struct KernelConfig {
     pub sys_connect: SysConnectLayout,
     pub structs: StructOffsets,
     pub values: KernelValues,
+    pub sources: Sources,
     /// Sampled events per second per key and CPU; beyond it only counters move.
     pub samples_per_sec: u32,
     pub _pad1: u32,
@@ -238,6 +332,7 @@ impl KernelConfig {
             saddr: UNSET,
             daddr: UNSET,
         },
+        send_reset_tuple: TupleLayout::UNSET,
         dev_queue_skbaddr: UNSET,
         _pad0: 0,
         receive_reset: TupleLayout::UNSET,
@@ -249,15 +344,25 @@ impl KernelConfig {
             protocol: UNSET,
             _pad: 0,
         },
-        kfree_skb: KfreeSkbLayout { skbaddr: UNSET, protocol: UNSET, reason: UNSET, rx_sk: UNSET },
+        kfree_skb: KfreeSkbLayout {
+            skbaddr: UNSET,
+            protocol: UNSET,
+            reason: UNSET,
+            rx_sk: UNSET,
+            location: UNSET,
+            _pad: [0; 3],
+        },
         sys_connect: SysConnectLayout { fd: UNSET, uservaddr: UNSET, addrlen: UNSET, ret: UNSET },
         structs: StructOffsets::UNSET,
         values: KernelValues {
             drop_netfilter: u32::MAX,
             drop_listen_overflow: u32::MAX,
+            drop_no_socket: u32::MAX,
+            _pad: 0,
             tcp_syn_sent: u32::MAX,
             tcp_close: u32::MAX,
         },
+        sources: Sources::NONE,
         samples_per_sec: 64,
         _pad1: 0,
     };
@@ -265,6 +370,10 @@ impl KernelConfig {
 
 // The layout is shared with the kernel: a change in size is a wire change.
 const _: () = assert!(core::mem::size_of::<KernelConfig>().is_multiple_of(8));
+// Sources holds u64s: the fields before it must end on an 8-byte boundary,
+// or the compiler would insert padding no field names (and aya::Pod needs
+// every byte initialised).
+const _: () = assert!(core::mem::offset_of!(KernelConfig, sources).is_multiple_of(8));
 
 #[cfg(feature = "user")]
 // SAFETY: KernelConfig is repr(C), Copy, made only of integers, with every

@@ -15,6 +15,34 @@ pub mod flags {
     pub const HAS_LISTENER: u8 = 1 << 2;
     /// The host initiated this connection (outbound).
     pub const OUTBOUND: u8 = 1 << 3;
+    /// `reason` is an `enum skb_drop_reason` value (kfree_skb), whatever
+    /// the action; without it refused/reset_sent carry an RST reason.
+    pub const REASON_DROP: u8 = 1 << 4;
+    /// `reason` is one of `inferred::*`: the kernel gave no reason, and the
+    /// program established the condition from where the packet was dropped.
+    pub const REASON_INFERRED: u8 = 1 << 5;
+}
+
+/// Reasons a program establishes on kernels that name none (kfree_skb
+/// before drop reasons): the names are the ones newer kernels give the same
+/// drop, so records and diagnoses read the same on every kernel.
+pub mod inferred {
+    /// No socket took the segment; the host answered with an RST.
+    pub const NO_SOCKET: u32 = 1;
+    /// A netfilter hook (nf_hook_slow) dropped the packet.
+    pub const NETFILTER_DROP: u32 = 2;
+    /// The final ACK reached a listener whose accept queue was full.
+    pub const TCP_LISTEN_OVERFLOW: u32 = 3;
+
+    /// The kernel's name for an inferred reason.
+    pub fn name(reason: u32) -> Option<&'static str> {
+        match reason {
+            NO_SOCKET => Some("NO_SOCKET"),
+            NETFILTER_DROP => Some("NETFILTER_DROP"),
+            TCP_LISTEN_OVERFLOW => Some("TCP_LISTEN_OVERFLOW"),
+            _ => None,
+        }
+    }
 }
 
 /// One sampled failure. `src_*` is always the side that initiated the

@@ -67,6 +67,7 @@ pub fn skb_tcp_flags(skb: *const u8) -> Res<u8> {
 
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
+pub const TCP_FLAG_RST: u8 = 0x04;
 
 /// Network namespace of a packet: through its socket `sk` when it has one
 /// (the output path, before a device is set), else through its device.
@@ -228,7 +229,13 @@ impl Tuple {
 #[inline(always)]
 pub fn tuple(ctx: &TracePointContext, l: &observer_common::config::TupleLayout) -> Res<Tuple> {
     let skaddr: u64 = field(ctx, l.skaddr)?;
-    let family: u16 = field(ctx, l.family)?;
+    let family: u16 = if l.family == UNSET {
+        // Older layouts have no `family`: the kernel fills it from the
+        // socket's own, so read that (request socks share the prefix).
+        at(skaddr as *const u8, config!(structs.sk_family))?
+    } else {
+        field(ctx, l.family)?
+    };
     let mut t = Tuple {
         skaddr: skaddr as *const u8,
         family: family as u8,

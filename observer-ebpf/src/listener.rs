@@ -1,5 +1,7 @@
 //! cgroup_skb ingress on the cgroup v2 root: SYNs that reach a listener
-//! whose accept queue or SYN queue is already full.
+//! whose accept queue or SYN queue is already full, and (on kernels whose
+//! kfree_skb names no TCP_LISTEN_OVERFLOW) final ACKs that reach a listener
+//! whose accept queue is full.
 //!
 //! Why this hook: at the SYN stage the kernel frees an overflowing SYN with
 //! consume_skb, so kfree_skb never sees it, and no tracepoint fires. A
@@ -17,13 +19,15 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use observer_common::{
-    record::{flags, AF_INET, AF_INET6},
+    config::source,
+    record::{flags, inferred, AF_INET, AF_INET6},
     Action, CountKey, FailureRecord,
 };
 
 use crate::{
     emit,
     kread::{self, Res},
+    maps::config,
 };
 
 /// `BPF_TCP_LISTEN`: bpf_sock's state uses the UAPI enum, stable ABI.
@@ -88,7 +92,16 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
         return Ok(());
     };
     let tcp_flags = pkt::<[u8; 2]>(ctx, ip_len + 12)?[1];
-    if tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK) != kread::TCP_FLAG_SYN {
+    let syn = tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK) == kread::TCP_FLAG_SYN;
+    // A segment with ACK and without SYN or RST that reaches a listener is
+    // the final ACK of a handshake (of a request sock, or a SYN cookie's):
+    // the kernel's syn_recv_sock is about to make the connection and checks
+    // the accept queue with the same ">". Watched here only on kernels
+    // whose kfree_skb has no TCP_LISTEN_OVERFLOW reason.
+    let final_ack = tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK | kread::TCP_FLAG_RST)
+        == kread::TCP_FLAG_ACK
+        && config!(sources.ack_overflow) == source::ACK_OVERFLOW_LISTENER;
+    if !syn && !final_ack {
         return Ok(());
     }
     // SAFETY: the helper takes a socket pointer and returns null when the
@@ -102,6 +115,8 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
     // inet_csk_reqsk_queue_is_full() compare with ">".
     let (action, queue_len) = if acceptq > max {
         (Action::ListenOverflow, acceptq)
+    } else if final_ack {
+        return Ok(());
     } else {
         let synq = kread::listener_syn_queue(tp)?;
         if synq <= max {
@@ -128,7 +143,13 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
     let mut rec = FailureRecord::zeroed();
     rec.action = action as u8;
     rec.family = family as u8;
-    rec.flags = flags::HAS_LISTENER | if action == Action::ListenOverflow { flags::SYN_STAGE } else { 0 };
+    rec.flags = flags::HAS_LISTENER;
+    if final_ack {
+        rec.flags |= flags::REASON_INFERRED;
+        rec.reason = inferred::TCP_LISTEN_OVERFLOW;
+    } else if action == Action::ListenOverflow {
+        rec.flags |= flags::SYN_STAGE;
+    }
     rec.backlog = max;
     rec.queue_len = queue_len;
     rec.state = BPF_TCP_LISTEN as u8;

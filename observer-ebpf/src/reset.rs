@@ -8,6 +8,7 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use observer_common::{
+    config::{source, UNSET},
     record::{flags, AF_INET, AF_INET6},
     Action, FailureRecord,
 };
@@ -58,6 +59,9 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 }
 
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
+    if config!(send_reset_tuple.skaddr) != UNSET {
+        return send_reset_on_socket(ctx);
+    }
     let skaddr: u64 = field(ctx, config!(send_reset.skaddr))?;
     let skbaddr: u64 = field(ctx, config!(send_reset.skbaddr))?;
     let state: i32 = field(ctx, config!(send_reset.state))?;
@@ -81,6 +85,9 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
     rec.dst_port = port_of(&local);
 
     if skaddr == 0 {
+        if config!(sources.no_socket) != source::NO_SOCKET_SEND_RESET {
+            return Ok(()); // kfree_skb reports these on this kernel.
+        }
         let skb = skbaddr as *const u8;
         rec.netns = kread::skb_netns(skb)?;
         // Only an initial SYN without a socket is a refused connection; an
@@ -99,6 +106,23 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
         if let Some(o) = crate::connect::active_owner(sk) {
             outbound(&mut rec, o);
         }
+    }
+    let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
+    emit::record(&key, rec);
+    Ok(())
+}
+
+/// tcp_send_reset before 6.10: the kernel fires it only for resets sent on
+/// a full socket (application aborts, data for a closed socket), with the
+/// socket's 4-tuple. RSTs without a socket are found by `drop` instead.
+fn send_reset_on_socket(ctx: &TracePointContext) -> Res<()> {
+    let l = config!(send_reset_tuple);
+    let t = kread::tuple(ctx, &l)?;
+    let mut rec = t.peer_initiated(Action::ResetSent)?;
+    let state: i32 = field(ctx, config!(send_reset.state))?;
+    rec.state = state as u8;
+    if let Some(o) = crate::connect::active_owner(t.skaddr) {
+        outbound(&mut rec, o);
     }
     let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
     emit::record(&key, rec);

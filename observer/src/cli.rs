@@ -57,6 +57,10 @@ pub struct LabArgs {
     /// Run only this scenario (repeatable).
     #[arg(long, value_name = "NAME")]
     pub only: Vec<String>,
+    /// Run at most this many scenarios at once (default: all of them). On a
+    /// slow machine, such as an emulated VM, fewer keep the timing honest.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

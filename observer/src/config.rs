@@ -161,6 +161,9 @@ pub struct KernelPaths {
     pub tracefs: PathBuf,
     /// Kernel BTF.
     pub btf: PathBuf,
+    /// Kernel symbols, to resolve kfree_skb's drop location on kernels
+    /// without drop reasons (before 5.17).
+    pub kallsyms: PathBuf,
     /// cgroup v2 root for the listener hook; empty: found automatically.
     pub cgroup_root: PathBuf,
 }
@@ -196,6 +199,7 @@ impl Default for KernelPaths {
         KernelPaths {
             tracefs: PathBuf::from(crate::kernel::tracefs::DEFAULT_ROOT),
             btf: PathBuf::from(crate::kernel::btf::DEFAULT_VMLINUX),
+            kallsyms: PathBuf::from(crate::kernel::kallsyms::DEFAULT_KALLSYMS),
             cgroup_root: PathBuf::new(),
         }
     }
@@ -361,6 +365,9 @@ max_listener_history = {maxh}
 tracefs = {tracefs:?}
 # Kernel BTF, for struct member offsets.
 btf = {btf:?}
+# Kernel symbols: on kernels without drop reasons (before 5.17) they tell
+# which function dropped a packet (refused connections, firewall drops).
+kallsyms = {kallsyms:?}
 # cgroup v2 root for the listener (accept queue) hook; empty: found
 # automatically (/sys/fs/cgroup or /sys/fs/cgroup/unified).
 cgroup_root = ""
@@ -396,6 +403,7 @@ cgroup_root = ""
             maxh = d.enrich.max_listener_history,
             tracefs = d.kernel.tracefs.display().to_string(),
             btf = d.kernel.btf.display().to_string(),
+            kallsyms = d.kernel.kallsyms.display().to_string(),
             outputs = crate::sink::outputs::documented_defaults(),
         )
     }

@@ -56,7 +56,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(false) => {}
         Err(e) => warn!("{e}; tracepoint hooks will be unavailable"),
     }
-    let layout = KernelLayout::discover(&tracefs, &config.kernel.btf, config.capture.samples_per_sec);
+    let layout =
+        KernelLayout::discover(&tracefs, &config.kernel.btf, &config.kernel.kallsyms, config.capture.samples_per_sec);
     config.disabled_hooks().map_err(anyhow::Error::msg)?;
     let (mut ebpf, statuses) = hooks::load_configured(&config, &layout).context("loading the eBPF object")?;
     for s in &statuses {
@@ -66,6 +67,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             HookState::Unavailable(why) => {
                 warn!("hook {} unavailable: {why}; not visible: {}", s.hook, s.hook.spec().loses)
             }
+        }
+    }
+    for c in &layout.coverage {
+        match (c.lost_because(&statuses), &c.source) {
+            (None, Ok(source)) => info!("{}: seen through {}", c.label(), source.describe()),
+            (Some(why), _) => warn!("{}: not visible on this kernel: {why}", c.label()),
+            (None, Err(why)) => warn!("{}: not visible on this kernel: {why}", c.label()),
         }
     }
     let attached = statuses.iter().filter(|s| s.attached()).count();

@@ -9,7 +9,7 @@ use std::{
 };
 
 use observer_common::{
-    record::{flags, RecordError, AF_INET},
+    record::{flags, inferred, RecordError, AF_INET},
     Action, FailureRecord,
 };
 use thiserror::Error;
@@ -78,7 +78,15 @@ impl Decoder {
     }
 
     fn reason(&self, action: Action, rec: &FailureRecord) -> Option<String> {
+        if rec.flags & flags::REASON_INFERRED != 0 {
+            return inferred::name(rec.reason).map(str::to_owned);
+        }
+        if rec.flags & flags::REASON_DROP != 0 {
+            return Some(lookup(&self.names.drop_reasons, rec.reason));
+        }
         match action {
+            // Before 6.10 tcp_send_reset names no reason (and has no table).
+            Action::Refused | Action::ResetSent if self.names.rst_reasons.is_empty() => None,
             Action::Refused | Action::ResetSent => Some(lookup(&self.names.rst_reasons, rec.reason)),
             Action::FirewallDrop | Action::FirewallReject => Some(lookup(&self.names.drop_reasons, rec.reason)),
             Action::ListenOverflow if rec.flags & flags::SYN_STAGE == 0 => {

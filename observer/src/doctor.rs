@@ -11,7 +11,7 @@ use crate::{
     config::Config,
     daemon::cgroup_root,
     hooks::{self, HookState, HookStatus},
-    kernel::{layout::KernelLayout, tracefs::Tracefs},
+    kernel::{layout::KernelLayout, sources::Source, tracefs::Tracefs},
     privilege,
 };
 
@@ -23,6 +23,23 @@ pub struct Report {
     pub cgroup_v2_root: String,
     pub privileges: String,
     pub hooks: Vec<HookStatus>,
+    /// Per failure: the source in use on this kernel, or what is lost.
+    pub failures: Vec<FailureSource>,
+}
+
+#[derive(Serialize)]
+pub struct FailureSource {
+    #[serde(with = "crate::event::action_name")]
+    pub action: observer_common::Action,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub case: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<&'static str>,
+    /// Why it is not seen here; absent when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
 }
 
 fn kernel_release() -> String {
@@ -39,7 +56,8 @@ pub fn report(config: &Config) -> Report {
         Ok(false) => format!("{}: no events directory", tracefs.root().display()),
         Err(e) => e.to_string(),
     };
-    let layout = KernelLayout::discover(&tracefs, &config.kernel.btf, config.capture.samples_per_sec);
+    let layout =
+        KernelLayout::discover(&tracefs, &config.kernel.btf, &config.kernel.kallsyms, config.capture.samples_per_sec);
     let cgroup = cgroup_root(config);
     let privileges = match privilege::check() {
         Ok(()) => "ok".to_owned(),
@@ -53,6 +71,15 @@ pub fn report(config: &Config) -> Report {
     } else {
         all_unavailable(&privileges)
     };
+    let failures = layout
+        .coverage
+        .iter()
+        .map(|c| {
+            let lost = c.lost_because(&hooks);
+            let source = c.source.as_ref().ok().copied().filter(|_| lost.is_none());
+            FailureSource { action: c.action, case: c.case, source, description: source.map(Source::describe), lost }
+        })
+        .collect();
     Report {
         kernel: kernel_release(),
         btf: match &layout.btf {
@@ -67,6 +94,7 @@ pub fn report(config: &Config) -> Report {
         },
         privileges,
         hooks,
+        failures,
     }
 }
 
@@ -94,8 +122,28 @@ pub fn print(report: &Report) {
             }
         }
     }
-    let degraded = report.hooks.iter().filter(|s| !s.attached()).count();
     println!();
+    println!("{:<58} SOURCE ON THIS KERNEL / WHY NOT SEEN", "FAILURE");
+    for f in &report.failures {
+        let label = if f.case.is_empty() {
+            f.action.as_str().to_owned()
+        } else {
+            format!("{} ({})", f.action.as_str(), f.case)
+        };
+        match (&f.description, &f.lost) {
+            (Some(d), _) => println!("{label:<58} {d}"),
+            (None, Some(why)) => println!("{label:<58} NOT SEEN: {why}"),
+            (None, None) => println!("{label:<58} NOT SEEN"),
+        }
+    }
+    let degraded = report.hooks.iter().filter(|s| !s.attached()).count();
+    let lost = report.failures.iter().filter(|f| f.lost.is_some()).count();
+    println!();
+    if lost == 0 {
+        println!("every failure kind is seen on this kernel");
+    } else {
+        println!("{lost} of {} failure cases not seen on this kernel", report.failures.len());
+    }
     if degraded == 0 {
         println!("all {} hooks work on this kernel", report.hooks.len());
     } else {

@@ -97,7 +97,7 @@ pub struct Process {
     pub name: String,
 }
 
-mod action_name {
+pub mod action_name {
     use super::*;
 
     pub fn serialize<S: Serializer>(a: &Action, s: S) -> Result<S::Ok, S::Error> {

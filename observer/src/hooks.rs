@@ -57,7 +57,7 @@ pub const HOOKS: &[HookSpec] = &[
         program: "tcp_send_reset",
         attach: Attach::Tracepoint { category: "tcp", name: "tcp_send_reset" },
         actions: &[Action::Refused, Action::ResetSent],
-        loses: "refused connections (no listener) and resets sent by this host",
+        loses: "resets this host sends on open connections (and refused connections where it is their source)",
     },
     HookSpec {
         hook: Hook::TcpReceiveReset,

@@ -82,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(args) => {
             let opts = observer::lab::Options {
                 only: args.only,
+                jobs: args.jobs,
                 config: cli.global.config,
                 state_dir: cli.global.state_dir.is_some().then(|| config.daemon.state_dir.clone()),
             };

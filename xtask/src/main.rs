@@ -1,10 +1,13 @@
-//! Developer and CI tasks: `cargo xtask setup | test | run | lab | bench`.
+//! Developer and CI tasks: `cargo xtask setup | test | vm | run | lab | bench | install`.
 //!
 //! Everything a fresh machine needs is installed from here, idempotently, so
 //! that the README's two commands work on a machine nobody touched by hand.
 
 mod install;
+mod kernels;
 mod setup;
+mod suite;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -22,11 +25,31 @@ struct Cli {
 enum Task {
     /// Install the toolchain and packages the build and tests need (idempotent).
     Setup,
-    /// Set up, then run the whole test suite (unit and real-kernel integration tests).
+    /// Set up, then run the whole test suite (unit and real-kernel
+    /// integration tests) on this machine's kernel, and the real-kernel
+    /// tests on Debian's kernels in VMs. Ends with one line per kernel and
+    /// a total `N passed, N failed` line.
     Test {
-        /// Extra arguments for cargo nextest (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        /// Which kernels, comma-separated: `host` (the whole suite here),
+        /// `5.10`, `6.1`, `6.12` (in VMs), or `all`.
+        #[arg(long, value_delimiter = ',', default_values_t = suite::DEFAULT_KERNELS.to_vec())]
+        kernel: Vec<suite::KernelChoice>,
+        /// Extra arguments for cargo nextest, on every kernel (e.g. `-E 'test(refused)'`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Boot one of the test kernels in a VM and run a command there, with
+    /// the host's file system read-only (/tmp writable). One argument is a
+    /// shell command line; several are one command and its arguments.
+    /// Exits with the command's exit code.
+    Vm {
+        #[arg(long)]
+        kernel: kernels::Series,
+        /// Kill the VM after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
     },
     /// Set up, build, and run the daemon in the foreground (as root).
     Run {
@@ -59,38 +82,77 @@ enum Task {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match Cli::parse().command {
+        Task::Test { kernel, args } => test(&kernel, &args),
+        task => run(task).unwrap_or_else(|e| {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
-        }
+        }),
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Task::Setup => setup::run(),
-        Task::Test { args } => {
-            setup::run()?;
-            // Tests load programs into the kernel and create namespaces.
-            if !nix_is_root() {
-                bail!("the test suite needs root (it loads eBPF programs and creates network namespaces)");
-            }
-            status(Command::new("cargo").args(["nextest", "run", "--no-fail-fast", "--cargo-quiet"]).args(&args))
+/// The test suite always ends with its `N passed, N failed` line, also when
+/// the set-up fails (CI reads the last line).
+fn test(kernel: &[suite::KernelChoice], args: &[String]) -> ExitCode {
+    let ready = setup::run().and_then(|()| {
+        if !nix_is_root() {
+            bail!("the test suite needs root (it loads eBPF programs and creates network namespaces)");
         }
-        Task::Run { args } => observer(&["run"], &args),
-        Task::Lab { args } => observer(&["lab"], &args),
+        Ok(())
+    });
+    if let Err(e) = ready {
+        eprintln!("xtask: {e:#}");
+        println!("0 passed, 1 failed");
+        return ExitCode::FAILURE;
+    }
+    if suite::run(workspace(), kernel, args) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Every task but `test`.
+fn run(task: Task) -> anyhow::Result<ExitCode> {
+    match task {
+        Task::Setup | Task::Test { .. } => setup::run()?,
+        Task::Vm { kernel, timeout, command } => return vm(kernel, std::time::Duration::from_secs(timeout), &command),
+        Task::Run { args } => observer(&["run"], &args)?,
+        Task::Lab { args } => observer(&["lab"], &args)?,
         Task::Bench { args } => {
             if !nix_is_root() {
                 bail!("the benchmark needs root (it loads eBPF programs and creates network namespaces)");
             }
             // The report lands in the workspace's target/, wherever cargo was started.
-            let xtask = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-            let out = xtask.parent().unwrap_or(xtask).join("target/bench").to_string_lossy().into_owned();
-            observer(&["bench", "--out", &out], &args)
+            let out = workspace().join("target/bench").to_string_lossy().into_owned();
+            observer(&["bench", "--out", &out], &args)?
         }
-        Task::Install { root } => install::run(&root),
+        Task::Install { root } => install::run(&root)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cargo xtask vm`: the command's output on stdout, its exit code as ours.
+fn vm(series: kernels::Series, timeout: std::time::Duration, command: &[String]) -> anyhow::Result<ExitCode> {
+    let vng = kernels::ensure_vm_tools(workspace())?;
+    let image = kernels::image(workspace(), series)?;
+    let script = match command {
+        [line] => line.clone(),
+        words => format!("exec {}", vm::shell_words(words)),
+    };
+    let log = workspace().join("target/kernels/logs").join(format!("vm-{}.log", image.release));
+    let guest = vm::Guest {
+        vng: &vng,
+        image: &image,
+        rwdirs: vec![],
+        timeout,
+        console_log: log.clone(),
+        scratch: workspace().join("target/kernels/tmp"),
+    };
+    eprintln!("xtask: booting {} (console in {})", image.release, log.display());
+    match guest.run(&script, |line| println!("{line}"))? {
+        vm::Ending::Exited(code) => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+        other => bail!("{other} (console: {})", log.display()),
     }
 }
 
@@ -98,6 +160,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn observer(command: &[&str], args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     status(Command::new("cargo").args(["run", "--release", "-p", "observer", "--"]).args(command).args(args))
+}
+
+fn workspace() -> &'static std::path::Path {
+    let xtask = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask)
 }
 
 fn nix_is_root() -> bool {

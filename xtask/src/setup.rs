@@ -44,7 +44,7 @@ fn step(n: usize, what: &str, f: fn() -> anyhow::Result<String>) -> anyhow::Resu
     Ok(())
 }
 
-fn installed(package: &str) -> bool {
+pub fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()

@@ -6,10 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use observer_common::config::{KernelConfig, TupleLayout};
+use observer_common::config::{KernelConfig, TupleLayout, UNSET};
 
 use super::{
     btf::KernelBtf,
+    kallsyms::Functions,
+    sources,
     tracefs::{Format, Tracefs},
 };
 use crate::hooks::Hook;
@@ -33,6 +35,8 @@ pub struct KernelLayout {
     pub unavailable: BTreeMap<Hook, String>,
     /// Whether BTF was readable (doctor).
     pub btf: Result<(), String>,
+    /// Where each failure is read from on this kernel (doctor, start-up log).
+    pub coverage: Vec<sources::Coverage>,
 }
 
 /// A field offset, with its size checked, as a message for the hook table.
@@ -45,12 +49,16 @@ fn value_of(table: &HashMap<u64, String>, name: &str) -> Option<u32> {
     table.iter().find(|(_, v)| *v == name).and_then(|(k, _)| u32::try_from(*k).ok())
 }
 
+/// The 4-tuple fields. `family` is optional (absent before 5.11 on
+/// tcp_receive_reset and tcp_retransmit_synack, before 6.1 on
+/// tcp_send_reset): the programs then read the socket's family via BTF,
+/// so callers add `sk_family` to the hook's needs when it is UNSET.
 fn tuple(f: &Format) -> Result<TupleLayout, String> {
     Ok(TupleLayout {
         skaddr: off(f, "skaddr", 8)?,
         sport: off(f, "sport", 2)?,
         dport: off(f, "dport", 2)?,
-        family: off(f, "family", 2)?,
+        family: off(f, "family", 2).unwrap_or(UNSET),
         saddr: off(f, "saddr", 4)?,
         daddr: off(f, "daddr", 4)?,
         saddr_v6: off(f, "saddr_v6", 16)?,
@@ -73,11 +81,17 @@ fn with_format(
 }
 
 impl KernelLayout {
-    pub fn discover(tracefs: &Tracefs, btf_path: &std::path::Path, samples_per_sec: u32) -> KernelLayout {
+    pub fn discover(
+        tracefs: &Tracefs,
+        btf_path: &std::path::Path,
+        kallsyms: &std::path::Path,
+        samples_per_sec: u32,
+    ) -> KernelLayout {
         let mut config = KernelConfig::UNSET;
         config.samples_per_sec = samples_per_sec;
         let mut names = NameTables::default();
         let mut unavailable = BTreeMap::new();
+        let mut send_reset_no_socket = false;
 
         // Struct offsets: each is optional; hooks list which they need.
         let mut struct_errors: HashMap<&'static str, String> = HashMap::new();
@@ -85,7 +99,7 @@ impl KernelLayout {
         let btf_status = btf.as_ref().map(|_| ()).map_err(|e| e.to_string());
         {
             let s = &mut config.structs;
-            let fields: [(&'static str, &mut u16, &str, &[&str]); 28] = [
+            let fields: [(&'static str, &mut u16, &str, &[&str]); 29] = [
                 ("skb_sk", &mut s.skb_sk, "sk_buff", &["sk"]),
                 ("skb_dev", &mut s.skb_dev, "sk_buff", &["dev"]),
                 ("skb_head", &mut s.skb_head, "sk_buff", &["head"]),
@@ -114,6 +128,7 @@ impl KernelLayout {
                 ("socket_type", &mut s.socket_type, "socket", &["type"]),
                 ("socket_sk", &mut s.socket_sk, "socket", &["sk"]),
                 ("socket_file", &mut s.socket_file, "socket", &["file"]),
+                ("sk_family", &mut s.sk_family, "sock", &["__sk_common", "skc_family"]),
             ];
             for (name, slot, root, path) in fields {
                 match &btf {
@@ -149,16 +164,26 @@ impl KernelLayout {
             l.skbaddr = off(f, "skbaddr", 8)?;
             l.skaddr = off(f, "skaddr", 8)?;
             l.state = off(f, "state", 4)?;
-            l.reason = off(f, "reason", 4)?;
-            l.saddr = off(f, "saddr", 28)?;
-            l.daddr = off(f, "daddr", 28)?;
+            if f.offset("reason", None).is_ok() {
+                // The 6.10 layout: the same release made the tracepoint
+                // fire without a socket too (refused SYNs), with the
+                // addresses taken from the packet, and added the reason.
+                l.reason = off(f, "reason", 4)?;
+                l.saddr = off(f, "saddr", 28)?;
+                l.daddr = off(f, "daddr", 28)?;
+                send_reset_no_socket = true;
+            } else {
+                // Older: fires only on a full socket, with its 4-tuple.
+                config.send_reset_tuple = tuple(f)?;
+            }
             Ok(())
         });
-        need(
-            Hook::TcpSendReset,
-            &["skb_dev", "dev_nd_net", "net_ns_inum", "sk_net", "skb_head", "skb_transport_header"],
-            &mut unavailable,
-        );
+        need(Hook::TcpSendReset, &["sk_net", "net_ns_inum"], &mut unavailable);
+        if send_reset_no_socket {
+            need(Hook::TcpSendReset, &["skb_dev", "dev_nd_net", "skb_head", "skb_transport_header"], &mut unavailable);
+        } else if config.send_reset_tuple.family == UNSET {
+            need(Hook::TcpSendReset, &["sk_family"], &mut unavailable);
+        }
 
         // The 4-tuple tracepoints.
         with_format(tracefs, ("tcp", "tcp_receive_reset"), Hook::TcpReceiveReset, &mut unavailable, |f| {
@@ -171,6 +196,12 @@ impl KernelLayout {
         });
         for hook in [Hook::TcpReceiveReset, Hook::TcpRetransmitSynack] {
             need(hook, &["sk_net", "net_ns_inum", "sk_state"], &mut unavailable);
+        }
+        if config.receive_reset.family == UNSET {
+            need(Hook::TcpReceiveReset, &["sk_family"], &mut unavailable);
+        }
+        if config.retransmit_synack.family == UNSET {
+            need(Hook::TcpRetransmitSynack, &["sk_family"], &mut unavailable);
         }
 
         with_format(tracefs, ("sock", "inet_sock_set_state"), Hook::InetSockSetState, &mut unavailable, |f| {
@@ -235,17 +266,25 @@ impl KernelLayout {
             &mut unavailable,
         );
 
+        let mut drop_reasons = false;
         with_format(tracefs, ("skb", "kfree_skb"), Hook::KfreeSkb, &mut unavailable, |f| {
-            config.kfree_skb.skbaddr = off(f, "skbaddr", 8)?;
-            config.kfree_skb.protocol = off(f, "protocol", 2)?;
-            config.kfree_skb.reason = off(f, "reason", 4)?;
+            let l = &mut config.kfree_skb;
+            l.skbaddr = off(f, "skbaddr", 8)?;
+            l.protocol = off(f, "protocol", 2)?;
             // Optional: only used to attribute final-ACK overflows to the listener.
-            config.kfree_skb.rx_sk = off(f, "rx_sk", 8).unwrap_or(observer_common::config::UNSET);
-            let t =
-                f.table_with("NETFILTER_DROP").ok_or("kfree_skb has no drop reason table (kernel older than 5.17)")?;
-            config.values.drop_netfilter = value_of(&t, "NETFILTER_DROP").unwrap_or(u32::MAX);
-            config.values.drop_listen_overflow = value_of(&t, "TCP_LISTEN_OVERFLOW").unwrap_or(u32::MAX);
-            names.drop_reasons = t;
+            l.rx_sk = off(f, "rx_sk", 8).unwrap_or(UNSET);
+            if f.offset("reason", None).is_ok() {
+                l.reason = off(f, "reason", 4)?;
+                let t = f.table_with("NO_SOCKET").ok_or("kfree_skb has a reason field but no reason table")?;
+                config.values.drop_netfilter = value_of(&t, "NETFILTER_DROP").unwrap_or(u32::MAX);
+                config.values.drop_listen_overflow = value_of(&t, "TCP_LISTEN_OVERFLOW").unwrap_or(u32::MAX);
+                config.values.drop_no_socket = value_of(&t, "NO_SOCKET").unwrap_or(u32::MAX);
+                names.drop_reasons = t;
+                drop_reasons = true;
+            } else {
+                // Before 5.17: the dropping function is the only cause given.
+                l.location = off(f, "location", 8)?;
+            }
             Ok(())
         });
         need(
@@ -272,6 +311,23 @@ impl KernelLayout {
             &mut unavailable,
         );
 
-        KernelLayout { config, names, unavailable, btf: btf_status }
+        let functions = if drop_reasons || unavailable.contains_key(&Hook::KfreeSkb) {
+            None
+        } else {
+            Some(Functions::read(kallsyms, &["tcp_v4_rcv", "tcp_v6_rcv", "nf_hook_slow", "nft_do_chain"]))
+        };
+        let choice = sources::choose(
+            &mut config,
+            &sources::Offer { send_reset_no_socket, drop_reasons, functions: functions.as_ref() },
+        );
+        if choice.drop_source_missing.is_some() && !drop_reasons {
+            // kfree_skb without reasons and without the functions that
+            // give its locations a meaning has nothing to report.
+            if let Some(why) = &choice.drop_source_missing {
+                unavailable.entry(Hook::KfreeSkb).or_insert_with(|| why.clone());
+            }
+        }
+
+        KernelLayout { config, names, unavailable, btf: btf_status, coverage: choice.coverage }
     }
 }

@@ -126,6 +126,8 @@ impl Daemon {
 
 pub struct Options {
     pub only: Vec<String>,
+    /// At most this many scenarios at once; None: all at once.
+    pub jobs: Option<u16>,
     pub config: Option<PathBuf>,
     /// Keep the lab daemon's history here (else a temporary directory).
     pub state_dir: Option<PathBuf>,
@@ -153,20 +155,34 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Outcome>> {
         .map(|(s, n)| (n, s))
         .filter(|(_, s)| opts.only.is_empty() || opts.only.iter().any(|o| o == s.name))
         .collect();
-    let handles: Vec<_> = chosen
-        .into_iter()
-        .map(|(net, s)| {
-            let (exe, seen) = (exe.clone(), seen.clone());
-            std::thread::spawn(move || one(s, net, exe, poll, &seen))
+    // Workers take the next scenario from a shared queue; each scenario has
+    // its own namespaces and ports, so any number can run side by side.
+    let workers = opts.jobs.map_or(chosen.len(), usize::from).max(1);
+    let queue = Arc::new(Mutex::new(chosen.into_iter().collect::<std::collections::VecDeque<_>>()));
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (exe, seen, queue) = (exe.clone(), seen.clone(), queue.clone());
+            std::thread::spawn(move || {
+                let mut done = Vec::new();
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
+                    let Some((net, s)) = next else { break };
+                    done.push((net, one(s, net, exe.clone(), poll, &seen)));
+                }
+                done
+            })
         })
         .collect();
     let mut out = Vec::new();
     for h in handles {
         match h.join() {
-            Ok(o) => out.push(o),
+            Ok(o) => out.extend(o),
             Err(_) => bail!("a scenario thread panicked"),
         }
     }
+    // In the scenarios' own order, whoever ran them.
+    out.sort_by_key(|(net, _)| *net);
+    let out: Vec<Outcome> = out.into_iter().map(|(_, o)| o).collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = tailer.join();
     daemon.stop();
@@ -175,6 +191,10 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<Outcome>> {
 }
 
 fn one(s: Scenario, net: u8, exe: PathBuf, poll: Duration, seen: &Mutex<Seen>) -> Outcome {
+    // The kernel reuses a deleted namespace's inode: when scenarios run one
+    // after another, a new namespace can carry the inode of one that is
+    // gone, so diagnoses from before this scenario began are not its own.
+    let begun = SystemTime::now();
     let mut bench = Bench { exe, net, link: None, started: None, settle: BUDGET + Duration::from_secs(1), poll };
     let expected = match &s.expect {
         Expect::Diagnosis { kind, port, process } => {
@@ -208,6 +228,11 @@ fn one(s: Scenario, net: u8, exe: PathBuf, poll: Duration, seen: &Mutex<Seen>) -
         let mut v: Vec<Produced> = Vec::new();
         for (at, r) in &seen.records {
             if r.observer.netns != server_ns && r.observer.netns != client_ns {
+                continue;
+            }
+            // first_seen has whole seconds: allow for the truncation.
+            let first = humantime::parse_rfc3339_weak(&r.diagnosis.first_seen).ok();
+            if *at < begun || first.is_some_and(|f| f + Duration::from_secs(1) < begun) {
                 continue;
             }
             if v.iter().any(|p| p.kind == r.diagnosis.kind && p.port == r.destination.port) {
