@@ -16,9 +16,30 @@ pub struct CountKey {
     pub action: u8,
     pub family: u8,
     pub addr: [u8; 16],
+    /// What the diagnosis depends on beyond the action, so that the
+    /// reconciliation record of a storm is diagnosed as its samples are:
+    /// the errno of a failed connect (ECONNREFUSED, EHOSTUNREACH and
+    /// ETIMEDOUT are different diagnoses); 0 for the other actions.
+    pub class: u8,
+    /// Explicit, so that the map never hashes uninitialised padding.
+    pub _pad: [u8; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<CountKey>() == 24);
+const _: () = assert!(core::mem::size_of::<CountKey>() == 28);
+
+impl CountKey {
+    /// The key a record is counted under; `port`/`addr` are its local
+    /// endpoint, which is always its destination.
+    pub fn new(rec: &crate::FailureRecord, port: u16, addr: [u8; 16]) -> CountKey {
+        let class = if rec.action == crate::Action::ConnectFailed as u8 {
+            // Errnos are below 256; a larger one would share the last class.
+            rec.reason.min(255) as u8
+        } else {
+            0
+        };
+        CountKey { netns: rec.netns, port, action: rec.action, family: rec.family, addr, class, _pad: [0; 3] }
+    }
+}
 
 /// Value of the `COUNTERS` map, per CPU: the exact count, and the rate
 /// limiter's one-second window with the samples sent in it. One value for

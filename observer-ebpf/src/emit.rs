@@ -98,5 +98,5 @@ pub fn read_failed() {
 /// (the server side, or the remote end of an outbound connect): the daemon
 /// finds a sample's counter by them when it reconciles.
 pub fn key_of(rec: &FailureRecord, local_port: u16, local_addr: [u8; 16]) -> CountKey {
-    CountKey { netns: rec.netns, port: local_port, action: rec.action, family: rec.family, addr: local_addr }
+    CountKey::new(rec, local_port, local_addr)
 }

@@ -136,7 +136,15 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
     let ports: [u8; 4] = pkt(ctx, ip_len)?;
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
     let netns = kread::sock_netns(tp)?;
-    let key = CountKey { netns, port: dst_port, action: action as u8, family: family as u8, addr: dst_addr };
+    let key = CountKey {
+        netns,
+        port: dst_port,
+        action: action as u8,
+        family: family as u8,
+        addr: dst_addr,
+        class: 0,
+        _pad: [0; 3],
+    };
     if !emit::count(&key) {
         return Ok(());
     }

@@ -22,6 +22,9 @@ pub struct GlobalArgs {
     /// History and runtime state (overrides daemon.state_dir).
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The running daemon's health file (overrides daemon.runtime_dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +77,12 @@ pub struct RunArgs {
     /// Write failure events and diagnoses as NDJSON here (overrides daemon.json_log).
     #[arg(long, value_name = "PATH")]
     pub json_log: Option<PathBuf>,
+    /// Run even while another observer has its programs in the kernel
+    /// (a trial of a new version beside the service, the lab, tests). Each
+    /// then counts every failure, and both logs say so. Without it, the
+    /// daemon refuses to start and names the other one.
+    #[arg(long)]
+    pub shared: bool,
 }
 
 #[derive(Debug, Args)]

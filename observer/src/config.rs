@@ -15,8 +15,9 @@ pub enum ConfigError {
     Read(PathBuf, std::io::Error),
     #[error("{path}: line {line}, column {column}: {message}")]
     Parse { path: PathBuf, line: usize, column: usize, message: String },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    /// A value out of its range; `line` is where its key is, when it is in the file.
+    #[error("{}{}: {}", .path.display(), .line.map(|l| format!(": line {l}")).unwrap_or_default(), .message)]
+    Invalid { path: PathBuf, line: Option<usize>, message: String },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -38,8 +39,11 @@ pub struct Config {
 pub struct DaemonConfig {
     /// NDJSON log of failure events and diagnoses (one JSON object per line).
     pub json_log: PathBuf,
-    /// History and runtime state.
+    /// History and the instance lock.
     pub state_dir: PathBuf,
+    /// The running daemon's health file (`observer doctor` reads it); a
+    /// tmpfs, so that it is written even when the state's disk is full.
+    pub runtime_dir: PathBuf,
     /// Group that may read the history (the CLI without root); empty: root only.
     pub group: String,
     /// Rotate the JSON log past this size in bytes (0: never).
@@ -53,6 +57,9 @@ pub struct DaemonConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
+    /// Keep the history (the CLI's `summary`, `events`, `why`). When on, the
+    /// daemon refuses to start if the state directory cannot hold it.
+    pub enabled: bool,
     /// Failure events and diagnoses older than this are deleted.
     pub max_age_days: u64,
     /// The database is kept under this size (oldest failure events go first).
@@ -63,7 +70,7 @@ pub struct HistoryConfig {
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        HistoryConfig { max_age_days: 30, max_bytes: 256 << 20, pending_max: 100_000 }
+        HistoryConfig { enabled: true, max_age_days: 30, max_bytes: 256 << 20, pending_max: 100_000 }
     }
 }
 
@@ -173,6 +180,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             json_log: PathBuf::from("/var/log/observer/events.ndjson"),
             state_dir: PathBuf::from("/var/lib/observer"),
+            runtime_dir: PathBuf::from("/run/observer"),
             group: String::new(),
             json_log_max_bytes: 100 << 20,
             json_log_keep: 5,
@@ -211,7 +219,11 @@ impl Config {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().to_owned() }
         })?;
-        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: message.split([' ', ',', ':']).next().and_then(|key| key_line(text, key)),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -238,6 +250,9 @@ impl Config {
         }
         if !(100..=60_000).contains(&self.capture.counter_poll_ms) {
             return Err(format!("capture.counter_poll_ms = {}: must be 100 to 60000", self.capture.counter_poll_ms));
+        }
+        if self.history.pending_max == 0 {
+            return Err("history.pending_max must be at least 1 (records held while the disk is full)".into());
         }
         if self.capture.loss_warning_secs == 0 {
             return Err("capture.loss_warning_secs must be at least 1".into());
@@ -278,8 +293,13 @@ impl Config {
 [daemon]
 # NDJSON log of failure events and diagnoses, one JSON object per line.
 json_log = {json_log:?}
-# History (SQLite) and runtime state.
+# History (SQLite) and the lock that keeps a second daemon from starting
+# on it (observer.pid).
 state_dir = {state_dir:?}
+# The running daemon's health (status.json: counters, what was lost and
+# why), read by `observer doctor`. A tmpfs, so that it is written even when
+# the disk of the log and the history is full.
+runtime_dir = {runtime_dir:?}
 # Size-based rotation of the JSON log: past json_log_max_bytes (0: never)
 # it is renamed to .1 (older ones shift up to .json_log_keep) and a new
 # file is started; shippers follow by inode.
@@ -294,13 +314,17 @@ json_log_fsync_ms = {log_fsync}
 group = ""
 
 [history]
+# Keep the history that `observer summary`, `events` and `why` read, in
+# state_dir. When on, the daemon refuses to start if the state directory
+# cannot hold it (a file, read-only, another daemon's); off: none is kept.
+enabled = true
 # Failure events and diagnoses older than this many days are deleted.
 max_age_days = {hist_age}
 # The database is kept under this many bytes; the oldest failure events
 # are deleted first.
 max_bytes = {hist_bytes}
-# Records held in memory while the disk is slow or full; beyond it the
-# oldest are dropped and counted.
+# Records held in memory while the disk is slow or full (at least 1);
+# beyond it the oldest are dropped, counted and reported.
 pending_max = {hist_pending}
 
 [capture]
@@ -375,6 +399,7 @@ cgroup_root = ""
 {outputs}"#,
             json_log = d.daemon.json_log.display().to_string(),
             state_dir = d.daemon.state_dir.display().to_string(),
+            runtime_dir = d.daemon.runtime_dir.display().to_string(),
             rb = d.capture.ring_buffer_bytes,
             sps = d.capture.samples_per_sec,
             ce = d.capture.counter_entries,
@@ -407,6 +432,25 @@ cgroup_root = ""
             outputs = crate::sink::outputs::documented_defaults(),
         )
     }
+}
+
+/// The line of a dotted key (`capture.counter_poll_ms`) in the file, for
+/// errors found after parsing: a value out of range is reported where it is.
+fn key_line(text: &str, dotted: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut parts = dotted.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (key, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == part)?;
+        if parts.peek().is_none() {
+            return Some(line_col(text, key.span().start).0);
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) => table = t,
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// 1-based line and column of a byte offset.
@@ -475,5 +519,17 @@ mod tests {
         let err = parse("[capture]\ndisable_hooks = [\"nope\"]\n").unwrap_err();
         assert!(err.to_string().contains("unknown hook"), "{err}");
         assert!(parse("[capture]\ndisable_hooks = [\"kfree_skb\"]\n").is_ok());
+    }
+
+    #[test]
+    fn a_value_out_of_range_names_its_line() {
+        let err = parse("# tuned\n[capture]\nsamples_per_sec = 5\ncounter_poll_ms = 5\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { line: Some(4), .. }), "{err}");
+        assert_eq!(err.to_string(), "test.toml: line 4: capture.counter_poll_ms = 5: must be 100 to 60000");
+        // Dotted keys and inline tables are found too.
+        let err = parse("diagnosis = { window_secs = 0 }\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { line: Some(1), .. }), "{err}");
+        let err = parse("\nhistory.pending_max = 0\n").unwrap_err();
+        assert!(err.to_string().starts_with("test.toml: line 2: history.pending_max must be at least 1"), "{err}");
     }
 }

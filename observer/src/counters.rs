@@ -85,7 +85,7 @@ pub enum CountersError {
 /// The key of the counter a sample was counted under (see
 /// `observer-ebpf/src/emit.rs`, `key_of`: always the destination endpoint).
 pub fn key_of(rec: &FailureRecord) -> CountKey {
-    CountKey { netns: rec.netns, port: rec.dst_port, action: rec.action, family: rec.family, addr: rec.dst_addr }
+    CountKey::new(rec, rec.dst_port, rec.dst_addr)
 }
 
 /// How old a snapshot must be before it is reconciled: programs run for
@@ -499,7 +499,10 @@ pub fn reconciliation_event(o: &Owed, when: SystemTime) -> Option<FailureEvent> 
         network: Network { transport: "tcp".to_owned(), kind: if v4 { "ipv4" } else { "ipv6" }.to_owned() },
         observer: ObserverFields {
             netns: o.key.netns,
-            reason: None,
+            // The errno class of a failed connect is in the key: a storm of
+            // EHOSTUNREACH stays "unreachable", one of ECONNREFUSED "refused".
+            reason: (action == Action::ConnectFailed && o.key.class != 0)
+                .then(|| crate::decode::errno_name(o.key.class.into())),
             tcp_state: None,
             stage: None,
             listener: None,
@@ -522,6 +525,8 @@ mod tests {
             action: Action::Refused as u8,
             family: AF_INET,
             addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            class: 0,
+            _pad: [0; 3],
         }
     }
 
@@ -662,5 +667,23 @@ mod tests {
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["event"]["reconciled"], true);
         assert_eq!(json["event"]["action"], "refused");
+    }
+
+    #[test]
+    fn a_failed_connect_storm_keeps_its_errno_class() {
+        let mut rec = FailureRecord::zeroed();
+        rec.action = Action::ConnectFailed as u8;
+        rec.reason = 111;
+        let refused = key_of(&rec);
+        rec.reason = 113;
+        let unreachable = key_of(&rec);
+        assert_ne!(refused, unreachable, "ECONNREFUSED and EHOSTUNREACH are counted apart");
+        let o = Owed { key: refused, count: 500, outbound: true };
+        let e = reconciliation_event(&o, SystemTime::now()).unwrap();
+        assert_eq!(e.observer.reason.as_deref(), Some("ECONNREFUSED"));
+        // Other actions' reasons are details, not part of the key.
+        rec.action = Action::Refused as u8;
+        rec.reason = 2;
+        assert_eq!(key_of(&rec).class, 0);
     }
 }

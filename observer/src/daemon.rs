@@ -3,15 +3,20 @@
 //! capture (ring buffer) -> decode -> diagnose (+ enrich) -> sinks, one
 //! direction, each stage a task joined by channels. Shutdown on
 //! SIGINT/SIGTERM: stop reading, drain what the kernel already submitted,
-//! detach the programs, fsync the log.
+//! detach the programs, fsync the log. SIGHUP (logrotate's postrotate)
+//! reopens the JSON log and nothing else: the configuration is only read at
+//! start, because most of it sizes kernel maps and programs already loaded.
+//!
+//! Before anything is loaded: one daemon per host (`instance`), and a
+//! state directory that can hold the history, or a clear refusal.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::{bail, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use aya::maps::RingBuf;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, watch},
+    sync::{mpsc, watch, Notify},
 };
 use tracing::{info, warn};
 
@@ -22,13 +27,14 @@ use crate::{
     decode::{Clock, Decoder},
     diagnose::Diagnoser,
     event::FailureEvent,
-    history,
+    health, history,
     hooks::{self, HookState},
+    instance,
     kernel::{layout::KernelLayout, tracefs::Tracefs},
     privilege,
     sink::{
         ndjson::{NdjsonSink, Policy},
-        outputs::Outputs,
+        outputs::{Outputs, WarnLimiter},
         Record,
     },
     stats::Stats,
@@ -48,8 +54,24 @@ pub fn cgroup_root(config: &Config) -> PathBuf {
     PathBuf::from("/sys/fs/cgroup/unified")
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     privilege::check()?;
+    // Before the first await that takes time: a SIGHUP from a logrotate run
+    // during start-up must not kill the daemon (the default action).
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let (_lock, store) = claim_state_dir(&config)?;
+    let others = instance::others_attached(&hooks::program_names());
+    if !others.is_empty() {
+        let list = others.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        if !shared {
+            bail!(
+                "another observer has its programs in the kernel: {list}; a second one would count every \
+                 failure twice. Stop it (`systemctl stop observer`), or start this one with `run --shared` \
+                 to run both on purpose"
+            );
+        }
+        warn!("running beside another observer ({list}), as --shared asks: each counts every failure");
+    }
     let tracefs = Tracefs::new(&config.kernel.tracefs);
     match tracefs.ensure_mounted() {
         Ok(true) => info!("mounted tracefs at {}", tracefs.root().display()),
@@ -59,7 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let layout =
         KernelLayout::discover(&tracefs, &config.kernel.btf, &config.kernel.kallsyms, config.capture.samples_per_sec);
     config.disabled_hooks().map_err(anyhow::Error::msg)?;
-    let (mut ebpf, statuses) = hooks::load_configured(&config, &layout).context("loading the eBPF object")?;
+    let (mut ebpf, statuses) = hooks::load_configured(&config, &layout).map_err(|e| explain_load_error(e, &config))?;
     for s in &statuses {
         match &s.state {
             HookState::Attached => info!("hook {} attached", s.hook),
@@ -99,77 +121,51 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_bytes: config.daemon.json_log_max_bytes,
         keep: config.daemon.json_log_keep,
         fsync_interval: Duration::from_millis(config.daemon.json_log_fsync_ms),
+        gid: history::group_id(&config.daemon.group).map_err(|e| anyhow!("daemon.group: {e}"))?.map(|g| g.as_raw()),
     };
-    let mut sink = NdjsonSink::with_policy(&config.daemon.json_log, policy)
+    let log = NdjsonSink::with_policy(&config.daemon.json_log, policy)
         .with_context(|| format!("opening the JSON log {}", config.daemon.json_log.display()))?;
     let outputs = Outputs::start(&config, stats.clone(), &statuses).await.context("starting the outputs")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tx, events) = mpsc::channel::<FailureEvent>(4096);
     let capture_task = tokio::spawn(capture.run(tx, shutdown_rx));
-    let (records_tx, mut rx) = mpsc::channel::<Record>(4096);
+    let (records_tx, rx) = mpsc::channel::<Record>(4096);
     let diagnoser = Diagnoser::new(config.diagnosis.clone(), &config.enrich);
     let poll_every = Duration::from_millis(config.enrich.poll_interval_ms);
     let poller = tokio::spawn(diagnoser.poller(poll_every));
     let diagnose_task = tokio::spawn(diagnose(diagnoser, events, records_tx));
 
-    // The history is an output like the others: if it cannot open, the
-    // daemon still captures and logs, and says what is missing.
-    let history = match history::Store::open(&config.daemon.state_dir, &config.history, &config.daemon.group) {
-        Ok(store) => Some(history::Writer::start(store, stats.clone(), config.history.pending_max)),
+    let history = store.map(|store| history::Writer::start(store, stats.clone(), config.history.pending_max));
+    let reopen = Arc::new(Notify::new());
+    let sink_task = tokio::spawn(sink(log, history, outputs, rx, reopen.clone(), stats.clone()));
+    let health_task = match health::Writer::new(&config.daemon.runtime_dir) {
+        Ok(w) => Some(tokio::spawn(report_health(w, stats.clone()))),
         Err(e) => {
-            warn!("history unavailable: {e}; `observer summary/events/why` will not see this run");
+            warn!(
+                "runtime directory {}: {e}; `observer doctor` will not see this daemon's losses",
+                config.daemon.runtime_dir.display()
+            );
             None
         }
     };
-    let sink_stats = stats.clone();
-    let sink_task = tokio::spawn(async move {
-        let mut warned = false;
-        let mut report = |result: std::io::Result<()>, path: &std::path::Path| match result {
-            Ok(()) => warned = false,
-            Err(e) => {
-                Stats::inc(&sink_stats.write_errors);
-                if !warned {
-                    warn!("writing {}: {e}", path.display());
-                    warned = true;
-                }
-            }
-        };
-        while let Some(first) = rx.recv().await {
-            // Write what is already queued, then flush once per burst.
-            let mut next = Some(first);
-            while let Some(record) = next.take() {
-                if let Some(h) = &history {
-                    h.send(&record, &sink_stats);
-                }
-                let result = sink.write(&record);
-                if result.is_ok() {
-                    Stats::inc(&sink_stats.written);
-                }
-                report(result, sink.path());
-                outputs.offer(&record);
-                next = rx.try_recv().ok();
-            }
-            let result = sink.flush();
-            report(result, sink.path());
-        }
-        if let Err(e) = sink.sync() {
-            warn!("syncing {}: {e}", sink.path().display());
-        }
-        outputs.shutdown(Duration::from_secs(2)).await;
-        if let Some(h) = history {
-            // Blocking join of the writer thread: it commits what it holds.
-            let _ = tokio::task::spawn_blocking(move || h.close()).await;
-        }
-    });
 
     // Readiness line: tests and service managers wait for it.
     info!("ready: {attached} of {} hooks attached; JSON log {}", statuses.len(), config.daemon.json_log.display());
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break }
+            _ = sighup.recv() => {
+                info!(
+                    "SIGHUP: reopening the JSON log {}; the configuration is not re-read (restart to apply it)",
+                    config.daemon.json_log.display()
+                );
+                reopen.notify_one();
+            }
+        }
     }
     // Detach first (the programs go with the object; the maps were taken
     // out): the last drain and counter poll then see every occurrence.
@@ -184,6 +180,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Err(e) = sink_task.await {
         warn!("sink task ended abnormally: {e}");
+    }
+    if let Some(task) = health_task {
+        task.abort();
+        if let Ok(w) = health::Writer::new(&config.daemon.runtime_dir) {
+            let _ = w.write(&stats);
+        }
     }
     info!(
         "stopped: {} records, {} decode errors, {} write errors; {} occurrences in {} reconciliation records; \
@@ -201,6 +203,137 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Stats::get(&stats.counter_resets),
     );
     Ok(())
+}
+
+/// The state directory, claimed: its lock, and the history opened in it.
+/// A directory that cannot hold them stops the start (under systemd a
+/// daemon that runs without its history looks healthy and is not), unless
+/// the configuration turns the history off.
+fn claim_state_dir(config: &Config) -> anyhow::Result<(Option<instance::StateDirLock>, Option<history::Store>)> {
+    if !config.history.enabled {
+        info!("history off (history.enabled = false): `observer summary/events/why` will not see this run");
+        return Ok((None, None));
+    }
+    let dir = &config.daemon.state_dir;
+    let refuse = |e: &dyn std::fmt::Display| {
+        anyhow!(
+            "the state directory {} cannot hold the history: {e}; fix it, or set history.enabled = false \
+             to run without one",
+            dir.display()
+        )
+    };
+    history::prepare_state_dir(dir, &config.daemon.group).map_err(|e| refuse(&e))?;
+    let lock = instance::lock_state_dir(dir).map_err(|e| match e {
+        instance::InstanceError::Running { .. } => anyhow!(e),
+        instance::InstanceError::StateDir(..) => refuse(&e),
+    })?;
+    let store = history::Store::open(dir, &config.history, &config.daemon.group).map_err(|e| refuse(&e))?;
+    Ok((Some(lock), Some(store)))
+}
+
+/// What an admin can do about an object that does not load: the map the
+/// configuration sizes is named with its setting.
+fn explain_load_error(e: aya::EbpfError, config: &Config) -> anyhow::Error {
+    if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = &e {
+        let setting = match name.as_str() {
+            "COUNTERS" => Some(format!("capture.counter_entries = {}", config.capture.counter_entries)),
+            "EVENTS" => Some(format!("capture.ring_buffer_bytes = {}", config.capture.ring_buffer_bytes)),
+            _ => None,
+        };
+        if let Some(setting) = setting {
+            let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            return anyhow!(
+                "the kernel refused to create the {name} map for {setting} ({io_error}); the counter map \
+                 holds one entry per key on each of the {cpus} CPUs: lower the setting"
+            );
+        }
+    }
+    anyhow!(e).context("loading the eBPF object")
+}
+
+/// The sink stage: every record to the history, the JSON log and the other
+/// outputs, in that order; one flush per burst. A failing log (disk full)
+/// is counted and warned about at most once a minute, with how many more
+/// failed, and never stops the others. `reopen` (SIGHUP) starts a new file
+/// at the log's path.
+async fn sink(
+    mut log: NdjsonSink,
+    history: Option<history::Writer>,
+    outputs: Outputs,
+    mut rx: mpsc::Receiver<Record>,
+    reopen: Arc<Notify>,
+    stats: Arc<Stats>,
+) {
+    let mut warnings = WarnLimiter::new("JSON log", Duration::from_secs(60));
+    let mut failing = false;
+    let mut report = |result: std::io::Result<()>, path: &std::path::Path| match result {
+        Ok(()) => {
+            if std::mem::take(&mut failing) {
+                info!("JSON log {}: writes work again", path.display());
+            }
+        }
+        Err(e) => {
+            Stats::inc(&stats.write_errors);
+            stats.last_errors.set(health::Output::JsonLog, &e);
+            failing = true;
+            warnings.warn(format_args!(
+                "writing {}: {e} ({} records lost from the log so far; they are still in the history \
+                 and the other outputs)",
+                path.display(),
+                Stats::get(&stats.write_errors)
+            ));
+        }
+    };
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = reopen.notified() => {
+                let result = log.reopen();
+                report(result, log.path());
+                continue;
+            }
+            first = rx.recv() => first,
+        };
+        let Some(first) = first else { break };
+        // Write what is already queued, then flush once per burst.
+        let mut next = Some(first);
+        while let Some(record) = next.take() {
+            if let Some(h) = &history {
+                h.send(&record, &stats);
+            }
+            let result = log.write(&record);
+            if result.is_ok() {
+                Stats::inc(&stats.written);
+            }
+            report(result, log.path());
+            outputs.offer(&record);
+            next = rx.try_recv().ok();
+        }
+        let result = log.flush();
+        report(result, log.path());
+    }
+    if let Err(e) = log.sync() {
+        warn!("syncing {}: {e}", log.path().display());
+    }
+    outputs.shutdown(Duration::from_secs(2)).await;
+    if let Some(h) = history {
+        // Blocking join of the writer thread: it commits what it holds.
+        let _ = tokio::task::spawn_blocking(move || h.close()).await;
+    }
+}
+
+/// Rewrites the health file every few seconds; says once if it cannot.
+async fn report_health(writer: health::Writer, stats: Arc<Stats>) {
+    let mut tick = tokio::time::interval(health::EVERY);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        if let Err(e) = writer.write(&stats) {
+            if !std::mem::replace(&mut warned, true) {
+                warn!("writing {}: {e}; `observer doctor` will not see this daemon's losses", writer.path().display());
+            }
+        }
+    }
 }
 
 /// The diagnose stage: forwards every failure event to the sinks, feeds

@@ -25,6 +25,19 @@ pub struct Report {
     pub hooks: Vec<HookStatus>,
     /// Per failure: the source in use on this kernel, or what is lost.
     pub failures: Vec<FailureSource>,
+    /// The daemon that last ran with this runtime directory, and what it lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonHealth>,
+}
+
+#[derive(Serialize)]
+pub struct DaemonHealth {
+    pub pid: u32,
+    pub running: bool,
+    pub started: String,
+    pub updated: String,
+    /// One sentence per kind of loss since it started; empty: none.
+    pub losses: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -95,6 +108,13 @@ pub fn report(config: &Config) -> Report {
         privileges,
         hooks,
         failures,
+        daemon: crate::health::read(&config.daemon.runtime_dir).map(|(status, running)| DaemonHealth {
+            pid: status.pid,
+            running,
+            losses: crate::health::losses(&status),
+            started: status.started,
+            updated: status.updated,
+        }),
     }
 }
 
@@ -148,5 +168,19 @@ pub fn print(report: &Report) {
         println!("all {} hooks work on this kernel", report.hooks.len());
     } else {
         println!("{degraded} of {} hooks degraded", report.hooks.len());
+    }
+    println!();
+    match &report.daemon {
+        None => println!("daemon       no status file: not running, or another --runtime-dir"),
+        Some(d) => {
+            let state = if d.running { "running" } else { "not running" };
+            println!("daemon       pid {} {state}, started {}, status of {}", d.pid, d.started, d.updated);
+            if d.losses.is_empty() {
+                println!("losses       none");
+            }
+            for (i, loss) in d.losses.iter().enumerate() {
+                println!("{:<12} {loss}", if i == 0 { "losses" } else { "" });
+            }
+        }
     }
 }

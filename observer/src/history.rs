@@ -96,7 +96,7 @@ fn prepare_dir(dir: &Path, gid: Option<nix::unistd::Gid>) -> Result<(), HistoryE
     Ok(())
 }
 
-fn group_id(group: &str) -> Result<Option<nix::unistd::Gid>, HistoryError> {
+pub fn group_id(group: &str) -> Result<Option<nix::unistd::Gid>, HistoryError> {
     if group.is_empty() {
         return Ok(None);
     }
@@ -104,6 +104,12 @@ fn group_id(group: &str) -> Result<Option<nix::unistd::Gid>, HistoryError> {
         Ok(Some(g)) => Ok(Some(g.gid)),
         _ => Err(HistoryError::NoGroup(group.to_owned())),
     }
+}
+
+/// Creates the state directory with the history's modes and group, so
+/// that the instance lock can be taken in it before anything is loaded.
+pub fn prepare_state_dir(state_dir: &Path, group: &str) -> Result<(), HistoryError> {
+    prepare_dir(state_dir, group_id(group)?)
 }
 
 /// The writer side, owned by the history thread.
@@ -149,8 +155,7 @@ impl Store {
         tx.commit().map_err(sql)
     }
 
-    /// Deletes what is older than `max_age_days`, then the oldest failures
-    /// until the file is under `max_bytes`; at most once a minute.
+    /// Deletes what is older than `max_age_days`, at most once a minute.
     pub fn prune(&mut self, now: SystemTime) -> Result<u64, HistoryError> {
         if self.last_prune.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
             return Ok(0);
@@ -161,7 +166,18 @@ impl Store {
         let cutoff = ms(now) - (self.cfg.max_age_days as i64) * 86_400_000;
         let mut deleted = self.conn.execute("DELETE FROM failures WHERE ts_ms < ?1", [cutoff]).map_err(sql)? as u64;
         deleted += self.conn.execute("DELETE FROM diagnoses WHERE last_seen_ms < ?1", [cutoff]).map_err(sql)? as u64;
-        for _ in 0..100 {
+        Ok(deleted + self.cap_size()?)
+    }
+
+    /// Deletes the oldest failure events until the database is under
+    /// `max_bytes`, and gives the freed pages back to the file system.
+    /// Checked after every commit (reading the page counts is cheap), so
+    /// a burst cannot grow the file past its cap by more than one batch.
+    pub fn cap_size(&mut self) -> Result<u64, HistoryError> {
+        let path = self.path.clone();
+        let sql = |e| HistoryError::Sql(path.clone(), e);
+        let mut deleted = 0;
+        for _ in 0..1000 {
             if self.size_bytes().map_err(sql)? <= self.cfg.max_bytes {
                 break;
             }
@@ -169,11 +185,13 @@ impl Store {
                 .conn
                 .execute("DELETE FROM failures WHERE id IN (SELECT id FROM failures ORDER BY id LIMIT 1000)", [])
                 .map_err(sql)?;
-            self.conn.execute_batch("PRAGMA incremental_vacuum;").map_err(sql)?;
             deleted += n as u64;
             if n == 0 {
                 break;
             }
+        }
+        if deleted > 0 {
+            self.conn.execute_batch("PRAGMA incremental_vacuum;").map_err(sql)?;
         }
         Ok(deleted)
     }
@@ -227,14 +245,24 @@ fn upsert_diagnosis(tx: &rusqlite::Transaction<'_>, d: &DiagnosisRecord) -> rusq
     Ok(())
 }
 
-/// The writer thread's handle: records go in with `try_send` (never
-/// blocking the pipeline); `close` commits what is left and waits.
+/// Records committed per transaction. A backlog (the disk was full for a
+/// while) is written back in transactions of this size, each with its own
+/// commit, rather than one transaction of the whole backlog: that one needed
+/// as much free space again as the backlog itself (the rollback journal),
+/// refilled the disk as soon as it had room, failed, and started over at
+/// full CPU.
+const BATCH: usize = 2000;
+
+/// The writer thread's handle: records go in with `send` (never blocking
+/// the pipeline); `close` commits what is left and waits.
 pub struct Writer {
     tx: Option<mpsc::Sender<Record>>,
-    /// Records sent and not yet taken by the writer thread. The queue is
-    /// bounded by this count, not by a `sync_channel`, whose slots are
-    /// allocated up front: 100,000 of them were 37 MB of resident memory.
-    queued: Arc<AtomicUsize>,
+    /// Records sent and not yet committed (in the channel or held for a
+    /// retry). One count for both bounds the memory the history may hold
+    /// to `pending_max` records, however long the disk stays full. Not a
+    /// `sync_channel`, whose slots are allocated up front: 100,000 of them
+    /// were 37 MB of resident memory.
+    held: Arc<AtomicUsize>,
     pending_max: usize,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -242,49 +270,49 @@ pub struct Writer {
 impl Writer {
     pub fn start(mut store: Store, stats: Arc<Stats>, pending_max: usize) -> Writer {
         let (tx, rx) = mpsc::channel::<Record>();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let taken = queued.clone();
+        let held = Arc::new(AtomicUsize::new(0));
+        let committed = held.clone();
         let thread = std::thread::Builder::new()
             .name("history".to_owned())
             .spawn(move || {
                 let mut pending: VecDeque<Record> = VecDeque::new();
-                let mut failing = false;
+                let mut health = WriteHealth::default();
                 loop {
-                    let first = match rx.recv_timeout(Duration::from_millis(if failing { 1000 } else { 60_000 })) {
+                    let wait = if health.failing { RETRY_AFTER } else { Duration::from_secs(60) };
+                    let first = match rx.recv_timeout(wait) {
                         Ok(r) => Some(r),
                         Err(mpsc::RecvTimeoutError::Timeout) => None,
                         Err(mpsc::RecvTimeoutError::Disconnected) => {
-                            flush(&mut store, &mut pending, &stats, &mut failing);
+                            pending.extend(rx.try_iter());
+                            let n = flush(&mut store, &mut pending, &stats, &mut health);
+                            committed.fetch_sub(n, Ordering::Relaxed);
                             return;
                         }
                     };
-                    let before = pending.len();
                     pending.extend(first);
                     pending.extend(rx.try_iter());
-                    taken.fetch_sub(pending.len() - before, Ordering::Relaxed);
-                    while pending.len() > pending_max {
-                        pending.pop_front();
-                        stats.history_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    flush(&mut store, &mut pending, &stats, &mut failing);
+                    let n = flush(&mut store, &mut pending, &stats, &mut health);
+                    committed.fetch_sub(n, Ordering::Relaxed);
                     if let Err(e) = store.prune(SystemTime::now()) {
-                        warn!("pruning the history: {e}");
+                        health.failed(&e, &stats, pending.len());
                     }
                 }
             })
             .ok();
-        Writer { tx: Some(tx), queued, pending_max: pending_max.max(1), thread }
+        Writer { tx: Some(tx), held, pending_max: pending_max.max(1), thread }
     }
 
+    /// Queues a record, or drops and counts it when `pending_max` records
+    /// already wait for the disk.
     pub fn send(&self, r: &Record, stats: &Stats) {
         let Some(tx) = &self.tx else { return };
-        if self.queued.load(Ordering::Relaxed) >= self.pending_max {
+        if self.held.load(Ordering::Relaxed) >= self.pending_max {
             stats.history_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.held.fetch_add(1, Ordering::Relaxed);
         if tx.send(r.clone()).is_err() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.held.fetch_sub(1, Ordering::Relaxed);
             stats.history_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -298,28 +326,81 @@ impl Writer {
     }
 }
 
-fn flush(store: &mut Store, pending: &mut VecDeque<Record>, stats: &Stats, failing: &mut bool) {
-    if pending.is_empty() {
-        return;
-    }
-    let batch: Vec<Record> = pending.iter().cloned().collect();
-    match store.write(&batch) {
-        Ok(()) => {
-            stats.history_written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            pending.clear();
-            if *failing {
-                warn!("history writes work again");
-            }
-            *failing = false;
+/// How soon a failed commit is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Least time between two warnings while writes keep failing.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether writes fail, and the rate limit of the warnings that say so.
+#[derive(Default)]
+struct WriteHealth {
+    failing: bool,
+    last_warning: Option<Instant>,
+    failures_since_warning: u64,
+}
+
+impl WriteHealth {
+    fn failed(&mut self, e: &HistoryError, stats: &Stats, held: usize) {
+        stats.history_errors.fetch_add(1, Ordering::Relaxed);
+        stats.last_errors.set(crate::health::Output::History, e);
+        self.failing = true;
+        self.failures_since_warning += 1;
+        if self.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            warn!(
+                "{e}; {} failed commits since the last warning; holding {held} records to retry every {}s, \
+                 {} dropped so far (history.pending_max)",
+                self.failures_since_warning,
+                RETRY_AFTER.as_secs(),
+                stats.history_dropped.load(Ordering::Relaxed),
+            );
+            self.last_warning = Some(Instant::now());
+            self.failures_since_warning = 0;
         }
-        Err(e) => {
-            stats.history_errors.fetch_add(1, Ordering::Relaxed);
-            if !*failing {
-                warn!("{e}; keeping {} records to retry", pending.len());
+    }
+
+    fn succeeded(&mut self, stats: &Stats) {
+        if self.failing {
+            warn!(
+                "history writes work again; {} records were dropped while they failed",
+                stats.history_dropped.load(Ordering::Relaxed)
+            );
+        }
+        *self = WriteHealth::default();
+    }
+}
+
+/// Commits what is pending in transactions of `BATCH` records, oldest
+/// first, until all are in or one fails (the rest wait for the retry).
+/// Returns how many were committed.
+fn flush(store: &mut Store, pending: &mut VecDeque<Record>, stats: &Stats, health: &mut WriteHealth) -> usize {
+    let mut committed = 0;
+    while !pending.is_empty() {
+        let n = pending.len().min(BATCH);
+        let (front, back) = pending.as_slices();
+        let result = if front.len() >= n {
+            store.write(&front[..n])
+        } else {
+            let batch: Vec<Record> = front.iter().chain(back.iter()).take(n).cloned().collect();
+            store.write(&batch)
+        };
+        match result {
+            Ok(()) => {
+                pending.drain(..n);
+                committed += n;
+                stats.history_written.fetch_add(n as u64, Ordering::Relaxed);
+                health.succeeded(stats);
+                if let Err(e) = store.cap_size() {
+                    health.failed(&e, stats, pending.len());
+                    break;
+                }
             }
-            *failing = true;
+            Err(e) => {
+                health.failed(&e, stats, pending.len());
+                break;
+            }
         }
     }
+    committed
 }
 
 /// The read side, for the CLI: read-only, so members of the observer

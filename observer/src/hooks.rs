@@ -128,6 +128,18 @@ impl Hook {
     }
 }
 
+/// Every program in the object, by its function name (what the kernel
+/// reports for a loaded program, cut to 15 bytes).
+pub fn program_names() -> Vec<&'static str> {
+    HOOKS
+        .iter()
+        .flat_map(|s| match &s.attach {
+            Attach::Tracepoints(parts) => parts.iter().map(|(program, _, _)| *program).collect(),
+            _ => vec![s.program],
+        })
+        .collect()
+}
+
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

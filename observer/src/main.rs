@@ -12,6 +12,18 @@ use observer::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // The CLI's output is read by pipelines (`observer events | head`):
+        // a reader that leaves ends it quietly, as it ends `cat`. Rust
+        // ignores SIGPIPE, which turned that into an error or a panic in
+        // println!. The daemon keeps ignoring it: a syslog or webhook peer
+        // that closes must give an EPIPE to handle, not kill it.
+        // SAFETY: called before any thread is started; setting a signal's
+        // disposition to its default has no other effect on this process.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -40,13 +52,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(dir) = cli.global.state_dir.clone() {
         config.daemon.state_dir = dir;
     }
+    if let Some(dir) = cli.global.runtime_dir.clone() {
+        config.daemon.runtime_dir = dir;
+    }
     match cli.command {
         Command::Run(args) => {
             if let Some(path) = args.json_log {
                 config.daemon.json_log = path;
             }
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(daemon::run(config))
+            rt.block_on(daemon::run(config, args.shared))
         }
         Command::Summary(args) => {
             let reader = Reader::open(&config.daemon.state_dir)?;

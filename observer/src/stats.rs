@@ -47,6 +47,8 @@ pub struct Stats {
     pub counter_keys_evicted: AtomicU64,
     /// Failed reads of the kernel's counter or loss maps.
     pub counter_poll_errors: AtomicU64,
+    /// The last error of the log and the history (`observer doctor`).
+    pub last_errors: crate::health::LastErrors,
 }
 
 impl Stats {
@@ -56,5 +58,30 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Every counter by its field name (the health file).
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        [
+            ("records", &self.records),
+            ("decode_errors", &self.decode_errors),
+            ("written", &self.written),
+            ("write_errors", &self.write_errors),
+            ("history_written", &self.history_written),
+            ("history_errors", &self.history_errors),
+            ("history_dropped", &self.history_dropped),
+            ("kernel_ringbuf_full", &self.kernel_ringbuf_full),
+            ("kernel_counter_map_full", &self.kernel_counter_map_full),
+            ("kernel_read_failed", &self.kernel_read_failed),
+            ("kernel_hook_misses", &self.kernel_hook_misses),
+            ("reconciled_records", &self.reconciled_records),
+            ("reconciled_occurrences", &self.reconciled_occurrences),
+            ("counter_resets", &self.counter_resets),
+            ("counter_keys_evicted", &self.counter_keys_evicted),
+            ("counter_poll_errors", &self.counter_poll_errors),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Stats::get(v)))
+        .collect()
     }
 }

@@ -207,3 +207,41 @@ fn events_follow_prints_new_failures_as_they_are_committed() {
     d.stop();
     assert_eq!(seen, [41031, 41032], "both new failures followed");
 }
+
+#[test]
+fn events_piped_into_head_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    let keep = tempfile::tempdir().unwrap();
+    let state = keep.path().join("state");
+    let d = Daemon::start_in(tempfile::tempdir().unwrap(), &state, &[], None);
+    let ns = Netns::new("head");
+    // `observer events --follow 2>&1 | head -1`: head reads the header and
+    // exits; the next row meets a closed pipe.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["events", "--follow", "--port", "8184"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(follow.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("TIME"), "{first:?}");
+    refuse(&ns, 8184, 3, 41051);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = follow.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "events --follow kept running after its reader left");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut stderr).unwrap();
+    d.stop();
+    // Ended by SIGPIPE, as `cat` or `grep` would be: no message, no panic.
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {stderr}");
+    assert_eq!(stderr, "");
+}

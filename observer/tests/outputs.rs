@@ -352,6 +352,34 @@ fn metrics_endpoint_is_scraped_over_http_and_counts_right() {
 }
 
 #[test]
+fn sixty_slow_clients_cannot_starve_a_scrape() {
+    let port = free_tcp_port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with(&[], Some(&format!("[metrics]\nlisten = \"{addr}\"\n")));
+    // Idle connections, and ones that send half a request and stall: what
+    // a port scanner, a broken health check or a slowloris leaves behind.
+    let mut slow = Vec::new();
+    for i in 0..60 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        if i % 2 == 0 {
+            write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+        }
+        slow.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Each scrape is answered at once, while all 60 are still open.
+    for _ in 0..5 {
+        let start = Instant::now();
+        let (status, _, body) = http_get(&addr, "/metrics");
+        assert_eq!(status, 200);
+        assert!(body.contains("observer_records_read_total"), "{body}");
+        assert!(start.elapsed() < Duration::from_secs(1), "a scrape took {:?}", start.elapsed());
+    }
+    drop(slow);
+    daemon.stop();
+}
+
+#[test]
 fn a_taken_metrics_port_stops_the_start_with_its_reason() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
@@ -363,7 +391,7 @@ fn a_taken_metrics_port_stops_the_start_with_its_reason() {
         .arg(&config)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
-        .args(["run", "--json-log"])
+        .args(["run", "--shared", "--json-log"])
         .arg(dir.path().join("log.ndjson"))
         .output()
         .unwrap();

@@ -34,11 +34,37 @@ pub struct EngineStats {
     pub evicted: u64,
 }
 
+/// Who probes: a source of inbound failures, or, for this host's own
+/// failed connects, their destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Prober {
+    netns: u32,
+    ip: IpAddr,
+    outbound: bool,
+}
+
+/// What a prober hit before it was recognised as a scanner.
+#[derive(Default)]
+struct Probes {
+    /// Distinct ports, up to `scan_ports`.
+    ports: Vec<u16>,
+    /// The per-port groups its first probes went to (up to 4 per port),
+    /// which the scan takes over when it is recognised.
+    keys: Vec<Key>,
+}
+
+/// Ports remembered as scanned, per namespace and direction, so that the
+/// scan also gets the reconciliation records of those ports (they carry
+/// no client): 16,384 entries, about 1.5 MiB.
+const SCANNED_PORTS: usize = 16_384;
+
 pub struct Engine {
     cfg: DiagnosisConfig,
     groups: LruCache<Key, Group>,
-    /// Distinct ports each source failed on, to tell a scan from an outage.
-    sources: LruCache<(u32, IpAddr), Vec<u16>>,
+    /// Distinct ports each prober failed on, to tell a scan from an outage.
+    sources: LruCache<Prober, Probes>,
+    /// (netns, outbound, port) -> the scan that last probed it.
+    scanned: LruCache<(u32, bool, u16), Key>,
     pub stats: EngineStats,
 }
 
@@ -72,35 +98,91 @@ impl Engine {
         Engine {
             groups: LruCache::new(cap(cfg.max_endpoints)),
             sources: LruCache::new(cap(cfg.max_scan_sources)),
+            scanned: LruCache::new(cap(SCANNED_PORTS)),
             cfg,
             stats: EngineStats::default(),
         }
     }
 
+    /// Adds one failure event (a sample or a reconciliation record).
+    ///
+    /// Scans: a prober that fails on `scan_ports` distinct ports within the
+    /// window is a scanner. From then on its failures feed one `port_scan`
+    /// group, never per-port ones; the per-port groups its first probes
+    /// went to are taken over by the scan (unless one already opened: then
+    /// other clients failed there too, or it was an outage before the scan);
+    /// and a reconciliation record of a port it probed joins the scan too,
+    /// because in a scan that is where a port's excess comes from.
     pub fn observe(&mut self, e: &FailureEvent, now: SystemTime) {
         let Some(class) = classify(e) else { return };
         let (window, max_clients) = (self.cfg.window_secs, self.cfg.max_clients);
-        // A reconciliation record has no client: it cannot make a source a scanner.
-        if class.scannable() && self.cfg.scan_ports > 0 && !e.event.reconciled {
-            let source = (e.observer.netns, e.source.ip);
-            let ports = self.sources.get_or_insert_mut(source, Vec::new);
-            if !ports.contains(&e.destination.port) && ports.len() <= self.cfg.scan_ports {
-                ports.push(e.destination.port);
-            }
-            if ports.len() >= self.cfg.scan_ports {
-                // A scanner's probes are the scan, not outages of the ports it hit.
-                let ports = ports.clone();
-                let key = Key { netns: e.observer.netns, class: Class::Scan, ip: e.source.ip, port: 0 };
-                let g = self.group(key, now, &e.network.kind);
+        let key = Key { netns: e.observer.netns, class, ip: e.destination.ip, port: e.destination.port };
+        if class.scannable() && self.cfg.scan_ports > 0 {
+            if let Some(scan) = self.scan_of(e, key, now) {
+                let g = self.group(scan, now, &e.network.kind);
                 g.add(e, now, window, max_clients);
-                for p in ports.into_iter().chain([e.destination.port]) {
-                    g.add_port(p, 20);
-                }
+                g.add_port(e.destination.port, 20);
+                self.scanned.put((key.netns, class.outbound(), key.port), scan);
                 return;
             }
         }
-        let key = Key { netns: e.observer.netns, class, ip: e.destination.ip, port: e.destination.port };
         self.group(key, now, &e.network.kind).add(e, now, window, max_clients);
+    }
+
+    /// The scan an event belongs to, if its prober is (now) a scanner.
+    fn scan_of(&mut self, e: &FailureEvent, key: Key, now: SystemTime) -> Option<Key> {
+        let outbound = key.class.outbound();
+        // An inbound reconciliation record has no client: it joins the scan
+        // that probed its port, if that scan is still going on.
+        if e.event.reconciled && !outbound {
+            let scan = *self.scanned.get(&(key.netns, false, key.port))?;
+            let window = Duration::from_secs(self.cfg.window_secs);
+            let g = self.groups.peek(&scan)?;
+            return (now.duration_since(g.last_seen).unwrap_or_default() <= window).then_some(scan);
+        }
+        let prober = Prober { netns: key.netns, ip: if outbound { e.destination.ip } else { e.source.ip }, outbound };
+        let scan_ports = self.cfg.scan_ports;
+        let probes = self.sources.get_or_insert_mut(prober, Probes::default);
+        if !probes.ports.contains(&key.port) && probes.ports.len() < scan_ports {
+            probes.ports.push(key.port);
+        }
+        if probes.ports.len() < scan_ports {
+            // A port may feed several classes (refused and unreachable).
+            if !probes.keys.contains(&key) && probes.keys.len() < 4 * scan_ports {
+                probes.keys.push(key);
+            }
+            return None;
+        }
+        let scan = Key {
+            netns: key.netns,
+            class: if outbound { Class::OutboundScan } else { Class::Scan },
+            ip: prober.ip,
+            port: 0,
+        };
+        let taken = std::mem::take(&mut probes.keys);
+        let ports = probes.ports.clone();
+        if !self.groups.contains(&scan) {
+            let max_clients = self.cfg.max_clients;
+            let mut first: Vec<Group> = Vec::new();
+            for k in taken {
+                let mine =
+                    self.groups.peek(&k).is_some_and(|g| g.opened.is_none() && (outbound || g.only_from(prober.ip)));
+                if mine {
+                    first.extend(self.groups.pop(&k));
+                }
+            }
+            let g = self.group(scan, now, &e.network.kind);
+            for other in first {
+                g.absorb(other, max_clients);
+            }
+            for p in &ports {
+                g.add_port(*p, 20);
+            }
+            for p in ports {
+                self.scanned.put((key.netns, outbound, p), scan);
+            }
+        }
+        Some(scan)
     }
 
     fn group(&mut self, key: Key, now: SystemTime, network_type: &str) -> &mut Group {
@@ -123,7 +205,7 @@ impl Engine {
             let quiet = now.duration_since(g.last_seen).unwrap_or_default();
             let rate = g.in_window(now, cfg.window_secs);
             let status = match &g.opened {
-                None if key.class == Class::Scan => Some(Status::Open),
+                None if key.class.is_scan() => Some(Status::Open),
                 None if rate >= cfg.min_failures => Some(Status::Open),
                 None => {
                     if quiet > Duration::from_secs(cfg.window_secs) {
@@ -302,5 +384,70 @@ mod tests {
         if let Some(g) = e.group_of(&key) {
             assert!(g.clients() <= 4 && g.clients_capped);
         }
+    }
+
+    fn reconciled(mut e: FailureEvent, count: u64) -> FailureEvent {
+        e.source.ip = "0.0.0.0".parse().unwrap();
+        e.event.count = count;
+        e.event.reconciled = true;
+        e
+    }
+
+    #[test]
+    fn a_scanner_never_opens_per_port_diagnoses_even_with_reconciliation_records() {
+        let mut e = Engine::new(cfg());
+        let t0 = SystemTime::now();
+        // Sweeps over 300 ports, 40 connects each: the samples of the first
+        // ports go to per-port groups before the source is known as a
+        // scanner; the rate limit turns the rest into reconciliation records.
+        for sweep in 0..2 {
+            for port in 2000..2300 {
+                e.observe(&ev(Action::Refused, "198.51.100.9", port, None), t0);
+                if sweep == 1 {
+                    e.observe(&reconciled(ev(Action::Refused, "198.51.100.9", port, None), 38), t0);
+                }
+            }
+        }
+        let due = e.due(t0);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].key.class, Class::Scan);
+        let g = e.group_of(&due[0].key).unwrap();
+        assert_eq!(g.count, 300 * 40, "every failure is the scan's");
+        assert_eq!(g.distinct_ports, 300);
+    }
+
+    #[test]
+    fn this_host_scanning_is_one_outbound_scan() {
+        let mut e = Engine::new(cfg());
+        let t0 = SystemTime::now();
+        // ev() connects from 10.0.0.2 to 10.0.0.1, port by port.
+        for port in 3000..3100 {
+            for reason in ["ECONNREFUSED", "ECONNREFUSED", "EHOSTUNREACH"] {
+                e.observe(&ev(Action::ConnectFailed, "10.0.0.2", port, Some(reason)), t0);
+            }
+            // The outbound key has the destination: reconciliation records
+            // are attributed like samples.
+            e.observe(&reconciled(ev(Action::ConnectFailed, "10.0.0.2", port, Some("ECONNREFUSED")), 10), t0);
+        }
+        let due = e.due(t0);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].key.class, Class::OutboundScan);
+        assert_eq!(e.group_of(&due[0].key).unwrap().count, 100 * 13);
+    }
+
+    #[test]
+    fn an_outage_seen_before_a_scan_stays_an_outage() {
+        let mut e = Engine::new(cfg());
+        let t0 = SystemTime::now();
+        for client in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            e.observe(&ev(Action::Refused, client, 8080, None), t0);
+        }
+        let due = e.due(t0);
+        e.emitted(&due[0].key, Kind::NoListener, "x", Status::Open, t0, None);
+        for port in 8070..8100 {
+            e.observe(&ev(Action::Refused, "198.51.100.9", port, None), t0);
+        }
+        let classes: Vec<_> = e.groups.iter().map(|(k, _)| k.class).collect();
+        assert!(classes.contains(&Class::Refused) && classes.contains(&Class::Scan), "{classes:?}");
     }
 }

@@ -35,7 +35,9 @@ pub fn kind(key: &Key, facts: &Facts) -> Kind {
 /// A stable id: the same kind, namespace and endpoint always give the same
 /// id, across restarts and hosts' daemons (FNV-1a, not the randomised std hasher).
 pub fn id(kind: Kind, key: &Key) -> String {
-    let text = format!("{}|{}|{}|{}", kind.as_str(), key.netns, key.ip, key.port);
+    // A scan of X and a scan by X are two diagnoses (both at port 0).
+    let out = if key.class == Class::OutboundScan { "|out" } else { "" };
+    let text = format!("{}|{}|{}|{}{out}", kind.as_str(), key.netns, key.ip, key.port);
     let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
     format!("{hash:016x}")
 }
@@ -365,6 +367,19 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
             };
             (s, advice)
         }
+        Kind::PortScan if key.class == Class::OutboundScan => {
+            ev.ports = g.ports.clone();
+            process = g.top_processes(1).into_iter().next();
+            let by = process.as_ref().map(|p| format!(" by {} (pid {})", p.name, p.pid)).unwrap_or_default();
+            let s = format!(
+                "This host probed {} ports of {}{by}{here} ({}): a port scan from here, not an outage of {}.",
+                g.distinct_ports,
+                key.ip,
+                plural(g.count, "failed connect", "failed connects"),
+                key.ip
+            );
+            (s, vec!["If this scan is not yours, find the process (`ss -tnp`) and what started it.".to_owned()])
+        }
         Kind::PortScan => {
             ev.ports = g.ports.clone();
             let s = format!(
@@ -377,7 +392,7 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
         }
     };
     let id = id(cx.kind, key);
-    let outbound = cx.kind.outbound();
+    let outbound = cx.kind.outbound() || key.class == Class::OutboundScan;
     DiagnosisRecord {
         timestamp: time(cx.now),
         event: DiagnosisMeta::default(),

@@ -26,7 +26,10 @@ pub enum Class {
     OutboundRefused,
     OutboundTimeout,
     OutboundUnreachable,
+    /// One source probing many ports of this host.
     Scan,
+    /// This host probing many ports of one destination.
+    OutboundScan,
 }
 
 impl Class {
@@ -43,13 +46,33 @@ impl Class {
             Class::OutboundRefused => Kind::OutboundRefused,
             Class::OutboundTimeout => Kind::OutboundTimeout,
             Class::OutboundUnreachable => Kind::OutboundUnreachable,
-            Class::Scan => Kind::PortScan,
+            Class::Scan | Class::OutboundScan => Kind::PortScan,
         })
     }
 
-    /// Failures a port scan produces: one SYN to each of many ports.
+    /// Failures a port scan produces: one SYN to each of many ports, seen
+    /// at the scanned host (inbound) or at the scanning one (outbound).
     pub fn scannable(self) -> bool {
-        matches!(self, Class::Refused | Class::FirewallDrop | Class::FirewallReject)
+        matches!(
+            self,
+            Class::Refused
+                | Class::FirewallDrop
+                | Class::FirewallReject
+                | Class::OutboundRefused
+                | Class::OutboundTimeout
+                | Class::OutboundUnreachable
+        )
+    }
+
+    pub fn outbound(self) -> bool {
+        matches!(
+            self,
+            Class::OutboundRefused | Class::OutboundTimeout | Class::OutboundUnreachable | Class::OutboundScan
+        )
+    }
+
+    pub fn is_scan(self) -> bool {
+        matches!(self, Class::Scan | Class::OutboundScan)
     }
 }
 
@@ -162,6 +185,49 @@ impl Group {
             let q = self.queue.get_or_insert(QueueSeen { backlog: l.backlog, max_queue_len: 0 });
             q.backlog = l.backlog;
             q.max_queue_len = q.max_queue_len.max(l.queue_len);
+        }
+    }
+
+    /// Whether every failure came from `client` (and none from a
+    /// reconciliation record, whose client is unknown).
+    pub fn only_from(&self, client: IpAddr) -> bool {
+        !self.clients_capped && self.clients.len() == 1 && self.clients.get(&client) == Some(&self.count)
+    }
+
+    /// Takes in the failures of a group that turned out to be part of this
+    /// one (the first probes of a scan, before it was recognised as one).
+    pub fn absorb(&mut self, other: Group, max_clients: usize) {
+        self.count += other.count;
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        for (sec, n) in other.buckets {
+            match self.buckets.iter_mut().find(|(s, _)| *s == sec) {
+                Some((_, c)) => *c += n,
+                None => {
+                    let at = self.buckets.partition_point(|(s, _)| *s < sec);
+                    self.buckets.insert(at, (sec, n));
+                }
+            }
+        }
+        for (k, n) in other.actions {
+            *self.actions.entry(k).or_default() += n;
+        }
+        for (k, n) in other.reasons {
+            *self.reasons.entry(k).or_default() += n;
+        }
+        for (client, n) in other.clients {
+            if let Some(c) = self.clients.get_mut(&client) {
+                *c += n;
+            } else if self.clients.len() < max_clients {
+                self.clients.insert(client, n);
+            } else {
+                self.clients_capped = true;
+            }
+        }
+        for (p, n) in other.processes {
+            if self.processes.len() < 64 || self.processes.contains_key(&p) {
+                *self.processes.entry(p).or_default() += n;
+            }
         }
     }
 

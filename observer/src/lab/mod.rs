@@ -89,7 +89,14 @@ impl Daemon {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        cmd.arg("--state-dir").arg(state).arg("run").arg("--json-log").arg(dir.join("events.ndjson"));
+        cmd.arg("--state-dir")
+            .arg(state)
+            .arg("--runtime-dir")
+            .arg(dir.join("run"))
+            .arg("run")
+            .arg("--shared")
+            .arg("--json-log")
+            .arg(dir.join("events.ndjson"));
         // The readiness line is logged at info, whatever the caller's level.
         cmd.env("OBSERVER_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting observer run")?;

@@ -30,7 +30,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::{Deserialize, Serialize};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use super::{outputs::OutputStats, Record};
@@ -316,11 +316,23 @@ pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(listen).await
 }
 
+/// Connections served at once. A scraper needs one; the bound keeps a flood
+/// of them from costing the daemon memory.
+const MAX_CONNECTIONS: usize = 32;
+/// A client has this long to send its request headers, and a connection
+/// lives at most `MAX_LIFETIME` (a scrape takes milliseconds).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_LIFETIME: Duration = Duration::from_secs(30);
+
 /// Serves the registry until the task is aborted.
+///
+/// Idle or slow clients cannot starve a scrape: when every slot is taken,
+/// the oldest connection is closed to make room for the new one (rather
+/// than the new one being refused, which let 16 idle connections block
+/// every scrape for as long as they stayed), and each connection is closed
+/// when its headers take longer than `HEADER_TIMEOUT`.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
-    // A scraper needs one connection; a bound keeps a flood of them from
-    // costing the daemon memory.
-    let slots = Arc::new(Semaphore::new(16));
+    let mut open: std::collections::VecDeque<tokio::task::JoinHandle<()>> = std::collections::VecDeque::new();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -330,25 +342,29 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            debug!("metrics endpoint: too many connections, closing {peer}");
-            continue;
-        };
+        open.retain(|task| !task.is_finished());
+        if open.len() >= MAX_CONNECTIONS {
+            if let Some(oldest) = open.pop_front() {
+                debug!("metrics endpoint: {MAX_CONNECTIONS} connections open, closing the oldest for {peer}");
+                oldest.abort();
+            }
+        }
         let registry = registry.clone();
-        tokio::spawn(async move {
+        open.push_back(tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(respond(&req, &registry)) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                debug!("metrics endpoint: {peer}: {e}");
+            match tokio::time::timeout(MAX_LIFETIME, conn).await {
+                Ok(Err(e)) => debug!("metrics endpoint: {peer}: {e}"),
+                Err(_) => debug!("metrics endpoint: {peer}: closed after {MAX_LIFETIME:?}"),
+                Ok(Ok(())) => {}
             }
-            drop(permit);
-        });
+        }));
     }
 }
 
@@ -412,12 +428,22 @@ mod tests {
     fn stats_fields() -> Vec<String> {
         let text = format!("{:?}", Stats::default());
         let inner = text.trim_start_matches("Stats {").trim_end_matches('}');
+        // The counters: `name: 0` pairs (the last errors are not numbers).
         inner
             .split(',')
-            .filter_map(|f| f.split(':').next())
-            .map(|f| f.trim().to_owned())
+            .filter_map(|f| f.split_once(':'))
+            .filter(|(_, v)| v.trim().parse::<u64>().is_ok())
+            .map(|(f, _)| f.trim().to_owned())
             .filter(|f| !f.is_empty())
             .collect()
+    }
+
+    #[test]
+    fn the_health_file_has_every_counter() {
+        let snapshot: Vec<String> = Stats::default().snapshot().into_keys().collect();
+        let mut fields = stats_fields();
+        fields.sort();
+        assert_eq!(snapshot, fields, "add the new counter to Stats::snapshot");
     }
 
     #[test]

@@ -12,7 +12,14 @@
 //!   file is started, the way logrotate's `create` mode does, which every
 //!   shipper follows by inode;
 //! - a write error (disk full) is counted and reported, never fatal: the
-//!   record is still in the history and the other outputs.
+//!   record is still in the history and the other outputs;
+//! - logrotate-safe: `reopen` (on SIGHUP) starts writing to the file at the
+//!   path again, and so does a check, at most once a second, that notices
+//!   the path now names another file or none (logrotate's move-and-create
+//!   without a postrotate signal) or a shorter one (copytruncate). The old
+//!   file is flushed and fsync'd first, so no line is lost across a rotation;
+//! - the file is 0640 and, with `group`, owned by that group, so the
+//!   admins who read the history can read the log too.
 
 use std::{
     fs::{File, OpenOptions},
@@ -31,13 +38,18 @@ pub struct Policy {
     /// Rotated files kept.
     pub keep: u32,
     pub fsync_interval: Duration,
+    /// Group given the file (read access through its 0640 mode).
+    pub gid: Option<u32>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { max_bytes: 0, keep: 0, fsync_interval: Duration::from_secs(5) }
+        Policy { max_bytes: 0, keep: 0, fsync_interval: Duration::from_secs(5), gid: None }
     }
 }
+
+/// How often the path is compared with the open file.
+const MOVED_CHECK: Duration = Duration::from_secs(1);
 
 pub struct NdjsonSink {
     path: PathBuf,
@@ -45,6 +57,7 @@ pub struct NdjsonSink {
     policy: Policy,
     size: u64,
     last_sync: Instant,
+    last_moved_check: Instant,
     dirty: bool,
 }
 
@@ -57,7 +70,7 @@ impl NdjsonSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = open_append(path)?;
+        let file = open_append(path, policy.gid)?;
         let size = file.metadata()?.len();
         Ok(NdjsonSink {
             path: path.to_owned(),
@@ -65,8 +78,37 @@ impl NdjsonSink {
             policy,
             size,
             last_sync: Instant::now(),
+            last_moved_check: Instant::now(),
             dirty: false,
         })
+    }
+
+    /// Finishes the open file (flush, fsync) and opens the one at the path,
+    /// creating it if logrotate moved the old one away.
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        self.sync()?;
+        let file = open_append(&self.path, self.policy.gid)?;
+        self.size = file.metadata()?.len();
+        self.out = BufWriter::new(file);
+        Ok(())
+    }
+
+    /// Whether the path no longer names the open file, or names it
+    /// truncated (copytruncate): then the size count starts again.
+    fn moved(&mut self) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self.out.get_ref().metadata()?;
+        match std::fs::metadata(&self.path) {
+            Ok(at_path) if at_path.dev() == open.dev() && at_path.ino() == open.ino() => {
+                if open.len() < self.size {
+                    self.size = open.len();
+                }
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -88,6 +130,12 @@ impl NdjsonSink {
     /// Hands buffered lines to the kernel, and fsyncs when the interval has passed.
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
+        if self.last_moved_check.elapsed() >= MOVED_CHECK {
+            self.last_moved_check = Instant::now();
+            if self.moved()? {
+                return self.reopen();
+            }
+        }
         if self.dirty && self.last_sync.elapsed() >= self.policy.fsync_interval {
             self.sync()?;
         }
@@ -124,16 +172,20 @@ impl NdjsonSink {
             }
             std::fs::rename(&self.path, self.rotated(1))?;
         }
-        self.out = BufWriter::new(open_append(&self.path)?);
+        self.out = BufWriter::new(open_append(&self.path, self.policy.gid)?);
         self.size = 0;
         Ok(())
     }
 }
 
-fn open_append(path: &Path) -> std::io::Result<File> {
+fn open_append(path: &Path, gid: Option<u32>) -> std::io::Result<File> {
     // 0640: the log holds client addresses; readable by the observer group.
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+    let file = OpenOptions::new().create(true).append(true).mode(0o640).open(path)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::fchown(&file, None, Some(gid))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -164,7 +216,7 @@ mod tests {
     fn rotates_by_size_and_keeps_the_newest_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.ndjson");
-        let policy = Policy { max_bytes: 100, keep: 2, fsync_interval: Duration::ZERO };
+        let policy = Policy { max_bytes: 100, keep: 2, fsync_interval: Duration::ZERO, gid: None };
         let mut s = NdjsonSink::with_policy(&path, policy).unwrap();
         for i in 0..40 {
             s.write(&serde_json::json!({"n": i, "pad": "xxxxxxxxxxxxxxxx"})).unwrap();
@@ -189,5 +241,40 @@ mod tests {
         };
         let (a, b, c) = (n(&two), n(&one), n(&cur));
         assert!(a.last() < b.first() && b.last() < c.first(), "{a:?} {b:?} {c:?}");
+    }
+
+    #[test]
+    fn reopen_after_a_move_writes_to_a_new_file_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.ndjson");
+        let mut s = NdjsonSink::open(&path).unwrap();
+        s.write(&serde_json::json!({"n": 1})).unwrap();
+        // logrotate's default: rename, then signal.
+        std::fs::rename(&path, dir.path().join("log.ndjson.1")).unwrap();
+        s.write(&serde_json::json!({"n": 2})).unwrap();
+        s.reopen().unwrap();
+        s.write(&serde_json::json!({"n": 3})).unwrap();
+        s.sync().unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("log.ndjson.1")).unwrap(), "{\"n\":1}\n{\"n\":2}\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":3}\n");
+    }
+
+    #[test]
+    fn a_move_without_a_signal_is_noticed_within_a_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.ndjson");
+        let mut s = NdjsonSink::open(&path).unwrap();
+        s.write(&serde_json::json!({"n": 1})).unwrap();
+        s.flush().unwrap();
+        std::fs::rename(&path, dir.path().join("old")).unwrap();
+        std::thread::sleep(MOVED_CHECK + Duration::from_millis(50));
+        s.write(&serde_json::json!({"n": 2})).unwrap();
+        s.flush().unwrap();
+        s.write(&serde_json::json!({"n": 3})).unwrap();
+        s.sync().unwrap();
+        let old = std::fs::read_to_string(dir.path().join("old")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(format!("{old}{new}").lines().count(), 3, "old {old:?} new {new:?}");
+        assert!(new.contains("\"n\":3"), "{new:?}");
     }
 }

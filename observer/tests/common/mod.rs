@@ -117,6 +117,9 @@ pub struct Daemon {
     child: Option<Child>,
     pub log: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The runtime directory (health file), apart from the log's and the
+    /// state's, as /run is on a host.
+    pub run: tempfile::TempDir,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -143,8 +146,10 @@ impl Daemon {
             std::fs::write(&path, text).expect("write config");
             cmd.arg("--config").arg(path);
         }
-        cmd.arg("--state-dir").arg(state);
-        cmd.arg("run").arg("--json-log").arg(&log).args(args);
+        let run = tempfile::tempdir().expect("runtime tempdir");
+        cmd.arg("--state-dir").arg(state).arg("--runtime-dir").arg(run.path());
+        // Tests run side by side, each daemon beside the others.
+        cmd.arg("run").arg("--shared").arg("--json-log").arg(&log).args(args);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn observer");
         let stderr = child.stderr.take().expect("stderr");
@@ -160,7 +165,7 @@ impl Daemon {
                 }
             }
         });
-        let mut d = Daemon { child: Some(child), log, dir, stderr: text };
+        let mut d = Daemon { child: Some(child), log, dir, run, stderr: text };
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let status = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
             panic!("observer did not become ready ({status:?}):\n{}", d.stderr());
