@@ -317,7 +317,11 @@ pub struct KernelConfig {
     pub sources: Sources,
     /// Sampled events per second per key and CPU; beyond it only counters move.
     pub samples_per_sec: u32,
-    pub _pad1: u32,
+    /// Samples per second of all keys together, per CPU (0: no limit).
+    /// Beyond it only counters move, as beyond `samples_per_sec`: a burst
+    /// over many keys (a port scan) costs the log this many records a
+    /// second, not one per connection.
+    pub samples_total_per_sec: u32,
 }
 
 impl KernelConfig {
@@ -364,7 +368,7 @@ impl KernelConfig {
         },
         sources: Sources::NONE,
         samples_per_sec: 64,
-        _pad1: 0,
+        samples_total_per_sec: 0,
     };
 }
 

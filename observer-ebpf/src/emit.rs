@@ -12,7 +12,7 @@ use observer_common::{
     CountKey, FailureRecord,
 };
 
-use crate::maps::{config, COUNTERS, EVENTS, LOSS};
+use crate::maps::{config, BUDGET, COUNTERS, EVENTS, LOSS};
 
 const WINDOW_NS: u64 = 1_000_000_000;
 
@@ -48,20 +48,45 @@ pub fn count(key: &CountKey) -> bool {
                 c.window_start_ns = now;
                 c.sent = 0;
             }
-            if c.sent >= limit {
+            if c.sent >= limit || !within_budget(now) {
                 return false;
             }
             c.sent += 1;
             true
         }
         None => {
-            let c = Counter { count: 1, window_start_ns: now, sent: 1, _pad: 0 };
+            let send = within_budget(now);
+            let c = Counter { count: 1, window_start_ns: now, sent: send as u32, _pad: 0 };
             if COUNTERS.insert(key, c, 0).is_err() {
                 loss(LossSlot::CounterMapFull, 1);
             }
-            true
+            send
         }
     }
+}
+
+/// Takes one sample from this CPU's budget of all keys together; false
+/// when this second's budget is spent. Asked only after the key's own limit
+/// let the sample through, so that a quiet key never spends it.
+#[inline(always)]
+fn within_budget(now: u64) -> bool {
+    let total = config!(samples_total_per_sec);
+    if total == 0 {
+        return true;
+    }
+    let Some(p) = BUDGET.get_ptr_mut(0) else { return true };
+    // SAFETY: per-CPU array slot of this CPU, valid while the program runs;
+    // programs do not nest on one CPU for the same slot (recursion is skipped).
+    let b = unsafe { &mut *p };
+    if now.wrapping_sub(b.window_start_ns) >= WINDOW_NS {
+        b.window_start_ns = now;
+        b.sent = 0;
+    }
+    if b.sent >= total {
+        return false;
+    }
+    b.sent += 1;
+    true
 }
 
 /// Sends a sample whose occurrence `count` has counted.

@@ -21,6 +21,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static COUNTERS: LruPerCpuHashMap<CountKey, Counter> = LruPerCpuHashMap::with_max_entries(16384, 0);
 
+/// The sampling window of all keys together, on this CPU
+/// (`samples_total_per_sec`); `count` is unused.
+#[map]
+pub static BUDGET: PerCpuArray<Counter> = PerCpuArray::with_max_entries(1, 0);
+
 /// Loss accounting, indexed by `LossSlot`.
 #[map]
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(observer_common::counter::LOSS_SLOTS, 0);

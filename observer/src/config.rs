@@ -82,6 +82,12 @@ pub struct CaptureConfig {
     /// Sampled events per second per (netns, action, local endpoint) and CPU.
     /// Counters stay exact beyond it; samples carry `event.count`.
     pub samples_per_sec: u32,
+    /// Sampled events per second of all keys together, per CPU (0: no
+    /// limit). Counters stay exact beyond it too.
+    pub samples_total_per_sec: u32,
+    /// Reconciliation records written per counter poll at most; keys left
+    /// over are reported at the next poll, with exact counts.
+    pub reconciliation_records_per_poll: u32,
     /// Keys kept by the exact counters and the sampler (LRU beyond it).
     pub counter_entries: u32,
     /// How often the exact counters are read and reconciled with the samples, in milliseconds.
@@ -194,6 +200,8 @@ impl Default for CaptureConfig {
         CaptureConfig {
             ring_buffer_bytes: 1 << 20,
             samples_per_sec: 64,
+            samples_total_per_sec: 1000,
+            reconciliation_records_per_poll: 1000,
             counter_entries: 16384,
             counter_poll_ms: 1000,
             loss_warning_secs: 10,
@@ -245,8 +253,14 @@ impl Config {
         if self.capture.samples_per_sec == 0 {
             return Err("capture.samples_per_sec must be at least 1".into());
         }
-        if self.capture.counter_entries == 0 {
-            return Err("capture.counter_entries must be at least 1".into());
+        if self.capture.counter_entries == 0 || self.capture.counter_entries > 1 << 20 {
+            return Err(format!(
+                "capture.counter_entries = {}: must be 1 to 1048576 (each key costs kernel memory on every CPU)",
+                self.capture.counter_entries
+            ));
+        }
+        if self.capture.reconciliation_records_per_poll == 0 {
+            return Err("capture.reconciliation_records_per_poll must be at least 1".into());
         }
         if !(100..=60_000).contains(&self.capture.counter_poll_ms) {
             return Err(format!("capture.counter_poll_ms = {}: must be 100 to 60000", self.capture.counter_poll_ms));
@@ -337,6 +351,14 @@ ring_buffer_bytes = {rb}
 # rest as reconciliation records (event.reconciled = true, event.count = how
 # many), so the counts in the log add up to the kernel's.
 samples_per_sec = {sps}
+# The same for all keys together, per CPU (0: no limit): a burst over
+# many keys, such as a scan of thousands of ports, costs the log at most
+# this many samples a second; the counters carry the rest.
+samples_total_per_sec = {sps_total}
+# Reconciliation records written per counter poll at most, the largest
+# counts first; the keys left over are reported at the next poll, so the
+# counts stay exact and the log volume of a burst stays bounded.
+reconciliation_records_per_poll = {recon_max}
 # Keys (netns, action, local endpoint) tracked by the counters and the
 # sampler; the least recently used is evicted beyond it. The daemon keeps
 # reconciliation state for at most twice as many.
@@ -402,6 +424,8 @@ cgroup_root = ""
             runtime_dir = d.daemon.runtime_dir.display().to_string(),
             rb = d.capture.ring_buffer_bytes,
             sps = d.capture.samples_per_sec,
+            sps_total = d.capture.samples_total_per_sec,
+            recon_max = d.capture.reconciliation_records_per_poll,
             ce = d.capture.counter_entries,
             cpoll = d.capture.counter_poll_ms,
             lossw = d.capture.loss_warning_secs,

@@ -187,12 +187,28 @@ pub struct Update {
 pub struct Reconciler {
     keys: LruCache<CountKey, KeyState>,
     snapshot_at: Option<Instant>,
+    /// Reconciliation records per poll at most (see `owed`).
+    max_per_poll: usize,
+    /// What keys owed when they left the kernel's map: reported by the
+    /// next `owed`, whatever the limit, since the key is gone after it.
+    carry: Vec<Owed>,
 }
 
 impl Reconciler {
     pub fn new(cap: usize) -> Reconciler {
         let cap = NonZeroUsize::new(cap.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Reconciler { keys: LruCache::new(cap), snapshot_at: None }
+        Reconciler { keys: LruCache::new(cap), snapshot_at: None, max_per_poll: usize::MAX, carry: Vec::new() }
+    }
+
+    /// Limits the records of one poll. The log volume of a burst over many
+    /// keys (a scan of 5,000 ports) is then bounded by this, per poll,
+    /// instead of by the number of keys; the counts stay exact, because a
+    /// key not reported now keeps what it owes for the next poll. The
+    /// largest debts go first, so a storm on one port is never the one
+    /// that waits.
+    pub fn limit(mut self, max_per_poll: usize) -> Reconciler {
+        self.max_per_poll = max_per_poll.max(1);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -225,13 +241,34 @@ impl Reconciler {
             Some(at) if now.saturating_duration_since(at) >= settle => {}
             _ => return Vec::new(),
         }
-        self.settle_all()
+        let mut due: Vec<(CountKey, u64)> = self
+            .keys
+            .iter()
+            .map(|(k, s)| (*k, s.kernel.saturating_sub(s.sampled.saturating_add(s.reconciled))))
+            .filter(|(_, due)| *due > 0)
+            .collect();
+        if due.len() > self.max_per_poll {
+            due.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            due.truncate(self.max_per_poll);
+        }
+        let mut out = std::mem::take(&mut self.carry);
+        for (key, count) in due {
+            if let Some(s) = self.keys.peek_mut(&key) {
+                s.reconciled += count;
+                out.push(Owed {
+                    key,
+                    count,
+                    outbound: s.outbound.unwrap_or(key.action == Action::ConnectFailed as u8),
+                });
+            }
+        }
+        out
     }
 
     /// What is owed when no sample can arrive any more (programs detached,
     /// ring buffer drained, snapshot taken after both).
     pub fn settle_all(&mut self) -> Vec<Owed> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.carry);
         for (key, s) in self.keys.iter_mut() {
             let due = s.kernel.saturating_sub(s.sampled.saturating_add(s.reconciled));
             if due > 0 {
@@ -271,7 +308,13 @@ impl Reconciler {
             let gone: Vec<CountKey> =
                 self.keys.iter().filter(|(k, _)| !snapshot.counts.contains_key(k)).map(|(k, _)| *k).collect();
             for k in gone {
-                self.keys.pop(&k);
+                if let Some(s) = self.keys.pop(&k) {
+                    let due = s.kernel.saturating_sub(s.sampled.saturating_add(s.reconciled));
+                    if due > 0 {
+                        let outbound = s.outbound.unwrap_or(k.action == Action::ConnectFailed as u8);
+                        self.carry.push(Owed { key: k, count: due, outbound });
+                    }
+                }
             }
         }
         self.snapshot_at = Some(now);
@@ -397,6 +440,12 @@ impl CounterStage {
 
     pub fn every(&self) -> Duration {
         self.every
+    }
+
+    /// Reconciliation records per poll at most (`Reconciler::limit`).
+    pub fn limit(mut self, max_per_poll: usize) -> Self {
+        self.reconciler = self.reconciler.limit(max_per_poll);
+        self
     }
 
     /// A decoded sample was read from the ring buffer.
@@ -685,5 +734,24 @@ mod tests {
         rec.action = Action::Refused as u8;
         rec.reason = 2;
         assert_eq!(key_of(&rec).class, 0);
+    }
+
+    #[test]
+    fn a_limited_poll_reports_the_largest_debts_first_and_the_rest_later_exactly() {
+        let mut r = Reconciler::new(64).limit(2);
+        let t = Instant::now();
+        let keys: Vec<CountKey> = (0..5).map(|i| key(9000 + i)).collect();
+        r.update(&snap(&[]), t);
+        let counts: Vec<(CountKey, u64)> = keys.iter().enumerate().map(|(i, k)| (*k, 10 * (i as u64 + 1))).collect();
+        r.update(&snap(&counts), t);
+        let first = r.owed(t + SETTLE, SETTLE);
+        assert_eq!(first.iter().map(|o| o.count).collect::<Vec<_>>(), [50, 40], "largest first, two per poll");
+        let second = r.owed(t + SETTLE * 2, SETTLE);
+        assert_eq!(second.iter().map(|o| o.count).collect::<Vec<_>>(), [30, 20]);
+        // A key the kernel evicted meanwhile is still reported, beyond the limit.
+        r.update(&snap(&counts[1..]), t + SETTLE * 2);
+        let third = r.owed(t + SETTLE * 4, SETTLE);
+        assert_eq!(total(&third), 10, "{third:?}");
+        assert_eq!(total(&first) + total(&second) + total(&third), 150, "exact in the end");
     }
 }

@@ -110,13 +110,16 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     let capture = Capture::new(ring, decoder, stats.clone()).context("polling the ring buffer")?;
     let keys = config.capture.counter_entries as usize;
     let counters = KernelCounters::take(&mut ebpf, keys).context("taking the counter maps")?;
-    let capture = capture.with_counters(CounterStage::new(
-        counters,
-        keys,
-        Duration::from_millis(config.capture.counter_poll_ms),
-        Duration::from_secs(config.capture.loss_warning_secs),
-        stats.clone(),
-    ));
+    let capture = capture.with_counters(
+        CounterStage::new(
+            counters,
+            keys,
+            Duration::from_millis(config.capture.counter_poll_ms),
+            Duration::from_secs(config.capture.loss_warning_secs),
+            stats.clone(),
+        )
+        .limit(config.capture.reconciliation_records_per_poll as usize),
+    );
     let policy = Policy {
         max_bytes: config.daemon.json_log_max_bytes,
         keep: config.daemon.json_log_keep,

@@ -190,8 +190,13 @@ impl Store {
                 break;
             }
         }
-        if deleted > 0 {
-            self.conn.execute_batch("PRAGMA incremental_vacuum;").map_err(sql)?;
+        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)).map_err(sql)?;
+        if deleted > 0 || free > 0 {
+            // Stepped to the end: each step gives back only some of the free
+            // pages, and execute_batch steps once.
+            let mut st = self.conn.prepare("PRAGMA incremental_vacuum").map_err(sql)?;
+            let mut rows = st.query([]).map_err(sql)?;
+            while rows.next().map_err(sql)?.is_some() {}
         }
         Ok(deleted)
     }

@@ -189,8 +189,9 @@ pub fn load_configured(
 ) -> Result<(Ebpf, Vec<HookStatus>), aya::EbpfError> {
     let disabled = config.disabled_hooks().unwrap_or_default();
     let cgroup = crate::daemon::cgroup_root(config);
+    let kernel = KernelConfig { samples_total_per_sec: config.capture.samples_total_per_sec, ..layout.config };
     load(&LoadOptions {
-        config: &layout.config,
+        config: &kernel,
         ring_buffer_bytes: config.capture.ring_buffer_bytes,
         counter_entries: config.capture.counter_entries,
         disabled: &disabled,

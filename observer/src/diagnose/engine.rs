@@ -65,6 +65,8 @@ pub struct Engine {
     sources: LruCache<Prober, Probes>,
     /// (netns, outbound, port) -> the scan that last probed it.
     scanned: LruCache<(u32, bool, u16), Key>,
+    /// (netns, outbound) -> the scan seen last there.
+    last_scan: LruCache<(u32, bool), Key>,
     pub stats: EngineStats,
 }
 
@@ -99,6 +101,7 @@ impl Engine {
             groups: LruCache::new(cap(cfg.max_endpoints)),
             sources: LruCache::new(cap(cfg.max_scan_sources)),
             scanned: LruCache::new(cap(SCANNED_PORTS)),
+            last_scan: LruCache::new(cap(cfg.max_scan_sources)),
             cfg,
             stats: EngineStats::default(),
         }
@@ -123,6 +126,7 @@ impl Engine {
                 g.add(e, now, window, max_clients);
                 g.add_port(e.destination.port, 20);
                 self.scanned.put((key.netns, class.outbound(), key.port), scan);
+                self.last_scan.put((key.netns, class.outbound()), scan);
                 return;
             }
         }
@@ -133,9 +137,15 @@ impl Engine {
     fn scan_of(&mut self, e: &FailureEvent, key: Key, now: SystemTime) -> Option<Key> {
         let outbound = key.class.outbound();
         // An inbound reconciliation record has no client: it joins the scan
-        // that probed its port, if that scan is still going on.
+        // that probed its port, or, when no sample of that port got through
+        // the sampling budget, the scan going on in its namespace, unless
+        // clients other than the scanner failed at that port.
         if e.event.reconciled && !outbound {
-            let scan = *self.scanned.get(&(key.netns, false, key.port))?;
+            let scan = match self.scanned.get(&(key.netns, false, key.port)) {
+                Some(scan) => *scan,
+                None if self.groups.peek(&key).is_some_and(|g| g.clients() > 0) => return None,
+                None => *self.last_scan.get(&(key.netns, false))?,
+            };
             let window = Duration::from_secs(self.cfg.window_secs);
             let g = self.groups.peek(&scan)?;
             return (now.duration_since(g.last_seen).unwrap_or_default() <= window).then_some(scan);
