@@ -248,7 +248,7 @@ impl Reconciler {
             .filter(|(_, due)| *due > 0)
             .collect();
         if due.len() > self.max_per_poll {
-            due.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            due.sort_unstable_by_key(|d| std::cmp::Reverse(d.1));
             due.truncate(self.max_per_poll);
         }
         let mut out = std::mem::take(&mut self.carry);

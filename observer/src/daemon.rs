@@ -56,9 +56,12 @@ pub fn cgroup_root(config: &Config) -> PathBuf {
 
 pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     privilege::check()?;
-    // Before the first await that takes time: a SIGHUP from a logrotate run
-    // during start-up must not kill the daemon (the default action).
+    // First of all: a SIGHUP from a logrotate run during start-up must not
+    // kill the daemon (the default action), and a SIGTERM right after the
+    // readiness line must find its handler installed.
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (_lock, store) = claim_state_dir(&config)?;
     let others = instance::others_attached(&hooks::program_names());
     if !others.is_empty() {
@@ -155,8 +158,6 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
 
     // Readiness line: tests and service managers wait for it.
     info!("ready: {attached} of {} hooks attached; JSON log {}", statuses.len(), config.daemon.json_log.display());
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break }
