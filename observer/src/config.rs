@@ -64,13 +64,14 @@ pub struct HistoryConfig {
     pub max_age_days: u64,
     /// The database is kept under this size (oldest failure events go first).
     pub max_bytes: u64,
-    /// Records waiting for the disk at most (while it is slow or full).
+    /// Records waiting for the disk at most (while it is slow or full);
+    /// about 1 KB of memory each.
     pub pending_max: usize,
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        HistoryConfig { enabled: true, max_age_days: 30, max_bytes: 256 << 20, pending_max: 100_000 }
+        HistoryConfig { enabled: true, max_age_days: 30, max_bytes: 256 << 20, pending_max: 20_000 }
     }
 }
 
@@ -337,8 +338,8 @@ max_age_days = {hist_age}
 # The database is kept under this many bytes; the oldest failure events
 # are deleted first.
 max_bytes = {hist_bytes}
-# Records held in memory while the disk is slow or full (at least 1);
-# beyond it the oldest are dropped, counted and reported.
+# Records held in memory while the disk is slow or full (at least 1;
+# about 1 KB each); beyond it new ones are dropped, counted and reported.
 pending_max = {hist_pending}
 
 [capture]

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use crate::status;
 
 const UNIT: &str = include_str!("../../dist/observer.service");
+const LOGROTATE: &str = include_str!("../../dist/observer.logrotate");
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
     crate::setup::run()?;
@@ -37,6 +38,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
 
     let unit = at("/etc/systemd/system/observer.service");
     write(&unit, UNIT, 0o644)?;
+    write(&at("/etc/logrotate.d/observer"), LOGROTATE, 0o644)?;
     if system && Path::new("/run/systemd/system").exists() {
         status(Command::new("systemctl").arg("daemon-reload"))?;
         eprintln!("install: done; start it with `systemctl enable --now observer`");
