@@ -238,3 +238,46 @@ fn a_full_disk_is_counted_warned_about_sparingly_and_survived() {
     let (stderr, _) = d.stop();
     assert!(stderr.contains("writes work again"), "{stderr}");
 }
+
+#[test]
+fn a_refused_storm_above_the_sampling_limit_stays_outbound_refused() {
+    let d = Daemon::start();
+    let ns = Netns::new("storm");
+    let netns = ns.inode();
+    // 1,000 refused connects to one closed port in well under a second: the
+    // kernel samples 64 a second per CPU, the rest come as reconciliation
+    // records, which used to carry no errno and read "unreachable ()".
+    ns.run(|| {
+        for _ in 0..1000 {
+            let _ = std::net::TcpStream::connect(("127.0.0.1", 8197));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let outbound = |d: &Daemon| -> Vec<FailureEvent> {
+        d.events()
+            .into_iter()
+            .filter(|e| e.observer.netns == netns && e.event.action == Action::ConnectFailed)
+            .collect()
+    };
+    while outbound(&d).iter().map(|e| e.event.count).sum::<u64>() < 1000 {
+        assert!(Instant::now() < deadline, "not all 1,000 connect failures were reported");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let events = outbound(&d);
+    assert!(events.iter().any(|e| e.event.reconciled), "the storm went past the sampling limit");
+    for e in &events {
+        assert_eq!(e.observer.reason.as_deref(), Some("ECONNREFUSED"), "{e:?}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let text = std::fs::read_to_string(&d.log).unwrap();
+    let kinds: Vec<String> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"]["dataset"] == "observer.diagnosis" && v["observer"]["netns"] == netns)
+        .filter(|v| v["observer"]["direction"] == "outbound")
+        .map(|v| v["diagnosis"]["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    d.stop();
+    assert!(kinds.iter().any(|k| k == "outbound_refused"), "{kinds:?}");
+    assert!(kinds.iter().all(|k| k == "outbound_refused"), "{kinds:?}");
+}

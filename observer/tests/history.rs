@@ -134,9 +134,12 @@ fn only_root_and_the_observer_group_can_read_the_history() {
     let ns = Netns::new("perm");
     refuse(&ns, 8182, 3, 41021);
     d.expect_event("refused", |e| e.observer.netns == ns.inode() && e.source.port == 41023);
+    use std::os::unix::fs::MetadataExt;
+    // The JSON log too: the same admins ship or read it.
+    let log = std::fs::metadata(&d.log).unwrap();
+    assert_eq!((log.mode() & 0o777, log.gid()), (0o640, 50));
     d.stop();
 
-    use std::os::unix::fs::MetadataExt;
     let dir = std::fs::metadata(&state).unwrap();
     assert_eq!((dir.mode() & 0o777, dir.gid()), (0o750, 50));
     let db = std::fs::metadata(state.join("history.sqlite")).unwrap();
