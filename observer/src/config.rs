@@ -545,7 +545,10 @@ mod tests {
         assert!(err.to_string().contains("unknown hook"), "{err}");
         assert!(parse("[capture]\ndisable_hooks = [\"kfree_skb\"]\n").is_ok());
         let err = parse("[capture]\ncounter_entries = 4294967295\n").unwrap_err();
-        assert!(err.to_string().contains("line 2: capture.counter_entries = 4294967295: must be 1 to 1048576"), "{err}");
+        assert!(
+            err.to_string().contains("line 2: capture.counter_entries = 4294967295: must be 1 to 1048576"),
+            "{err}"
+        );
         assert!(parse("[capture]\nreconciliation_records_per_poll = 0\n").is_err());
     }
 

@@ -50,12 +50,18 @@ fn tracefs_edited(dir: &Path, missing: &str, drop_fields: &[&str]) {
     }
 }
 
-#[test]
-fn a_missing_tracepoint_degrades_only_its_hook() {
+/// The daemon on a copy of tracefs without `tracepoint` (kept alive with it).
+fn daemon_without(tracepoint: &str) -> (tempfile::TempDir, Daemon) {
     let fake = tempfile::tempdir().unwrap();
-    tracefs_without(fake.path(), "tcp/tcp_receive_reset");
+    tracefs_without(fake.path(), tracepoint);
     let config = format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string());
     let daemon = Daemon::start_with(&[], Some(&config));
+    (fake, daemon)
+}
+
+#[test]
+fn a_missing_tracepoint_degrades_only_its_hook() {
+    let (_fake, daemon) = daemon_without("tcp/tcp_receive_reset");
     let stderr = daemon.stderr();
     assert!(
         stderr.contains("hook tcp_receive_reset unavailable: tracepoint tcp:tcp_receive_reset not found"),
@@ -79,10 +85,7 @@ fn a_missing_tracepoint_degrades_only_its_hook() {
 /// next source this kernel has: kfree_skb's NO_SOCKET confirmed by the RST.
 #[test]
 fn without_tcp_send_reset_refused_connections_come_from_kfree_skb() {
-    let fake = tempfile::tempdir().unwrap();
-    tracefs_without(fake.path(), "tcp/tcp_send_reset");
-    let config = format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string());
-    let daemon = Daemon::start_with(&[], Some(&config));
+    let (_fake, daemon) = daemon_without("tcp/tcp_send_reset");
     let stderr = daemon.stderr();
     assert!(stderr.contains("hook tcp_send_reset unavailable: tracepoint tcp:tcp_send_reset not found"), "{stderr}");
     // NO_SOCKET where kfree_skb names reasons, its location where it does not (5.10).
