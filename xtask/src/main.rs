@@ -34,7 +34,9 @@ enum Task {
         /// `5.10`, `6.1`, `6.12` (in VMs), or `all`.
         #[arg(long, value_delimiter = ',', default_values_t = suite::DEFAULT_KERNELS.to_vec())]
         kernel: Vec<suite::KernelChoice>,
-        /// Extra arguments for cargo nextest, on every kernel (e.g. `-E 'test(refused)'`).
+        /// Extra arguments: for cargo nextest on the host, for the test
+        /// binaries (libtest) in the VMs. A test-name filter works on both
+        /// (e.g. `refused_ipv4`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
