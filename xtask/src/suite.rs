@@ -45,7 +45,7 @@ pub enum KernelChoice {
 }
 
 /// What `cargo xtask test` runs without `--kernel`, and so what CI runs.
-/// One VM kernel takes about 16 minutes; CI's limit is 90 minutes in all.
+/// One VM kernel takes 6.5 to 10.5 minutes; CI's limit is 90 minutes in all.
 pub const DEFAULT_KERNELS: &[KernelChoice] =
     &[KernelChoice::Host, KernelChoice::Vm(Series::V5_10), KernelChoice::Vm(Series::V6_1)];
 
