@@ -110,20 +110,25 @@ fn without_tcp_send_reset_refused_connections_come_from_kfree_skb() {
     daemon.stop();
 }
 
-/// `observer doctor --json`'s hook table with one tracepoint removed from a fake tracefs.
-fn doctor_hooks_without(tracepoint: &str) -> Vec<serde_json::Value> {
-    let fake = tempfile::tempdir().unwrap();
-    tracefs_without(fake.path(), tracepoint);
-    let cfg = fake.path().join("observer.toml");
-    std::fs::write(&cfg, format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string())).unwrap();
+/// `observer doctor --json` on the fake tracefs in `fake`.
+fn doctor_on(fake: &Path) -> serde_json::Value {
+    let cfg = fake.join("observer.toml");
+    std::fs::write(&cfg, format!("[kernel]\ntracefs = {:?}\n", fake.display().to_string())).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_observer"))
         .arg("--config")
         .arg(&cfg)
         .args(["doctor", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `observer doctor --json`'s hook table with one tracepoint removed from a fake tracefs.
+fn doctor_hooks_without(tracepoint: &str) -> Vec<serde_json::Value> {
+    let fake = tempfile::tempdir().unwrap();
+    tracefs_without(fake.path(), tracepoint);
+    let report = doctor_on(fake.path());
     report["hooks"].as_array().unwrap().clone()
 }
 
@@ -165,15 +170,7 @@ fn without_drop_reasons_refused_and_firewall_drops_come_from_the_drop_location()
     let fake = tempfile::tempdir().unwrap();
     tracefs_edited(fake.path(), "", &["skb/kfree_skb:reason", "tcp/tcp_send_reset:reason"]);
     let config = format!("[kernel]\ntracefs = {:?}\n", fake.path().display().to_string());
-    let cfg = fake.path().join("observer.toml");
-    std::fs::write(&cfg, &config).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_observer"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = doctor_on(fake.path());
     let source_of = |action: &str| {
         report["failures"].as_array().unwrap().iter().find(|f| f["action"] == action).unwrap()["source"].clone()
     };
