@@ -100,24 +100,24 @@ const KERNEL_NAME_LEN: usize = 15;
 pub fn others_attached(programs: &[&str]) -> Vec<Other> {
     let Ok(me) = std::env::current_exe() else { return Vec::new() };
     let Some(my_name) = exe_name(&me) else { return Vec::new() };
-    let ours: Vec<&[u8]> = programs.iter().map(|p| &p.as_bytes()[..p.len().min(KERNEL_NAME_LEN)]).collect();
     let own_pid = std::process::id();
     let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut others = Vec::new();
-    for entry in procs.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if pid == own_pid {
-            continue;
-        }
-        let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else { continue };
-        if exe_name(&exe) != Some(my_name.clone()) {
-            continue;
-        }
-        if holds_program(pid, &ours) {
-            others.push(Other { pid, exe });
-        }
+    let candidates: Vec<Other> = procs
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let exe = std::fs::read_link(entry.path().join("exe")).ok()?;
+            (pid != own_pid && exe_name(&exe).as_ref() == Some(&my_name)).then_some(Other { pid, exe })
+        })
+        .collect();
+    if candidates.is_empty() {
+        return candidates;
     }
-    others
+    // The kernel's programs by id, read once: only our names matter.
+    let ours: Vec<&[u8]> = programs.iter().map(|p| &p.as_bytes()[..p.len().min(KERNEL_NAME_LEN)]).collect();
+    let our_ids: std::collections::HashSet<u32> =
+        aya::programs::loaded_programs().flatten().filter(|p| ours.contains(&p.name())).map(|p| p.id()).collect();
+    candidates.into_iter().filter(|c| holds_program(c.pid, &our_ids)).collect()
 }
 
 /// The executable's file name, without the " (deleted)" the kernel adds
@@ -128,25 +128,17 @@ fn exe_name(path: &Path) -> Option<String> {
 }
 
 /// Whether `pid` holds a program fd, or a link fd, whose program is one of ours.
-fn holds_program(pid: u32, ours: &[&[u8]]) -> bool {
+fn holds_program(pid: u32, our_ids: &std::collections::HashSet<u32>) -> bool {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return false };
-    for fd in fds.flatten() {
-        let Ok(text) = std::fs::read_to_string(fd.path()) else { continue };
-        let Some(id) = prog_id(&text) else { continue };
-        if program_name(id).is_some_and(|name| ours.contains(&name.as_slice())) {
-            return true;
-        }
-    }
-    false
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter_map(|text| prog_id(&text))
+        .any(|id| our_ids.contains(&id))
 }
 
 /// The `prog_id:` line of a program's or a link's fdinfo.
 fn prog_id(fdinfo: &str) -> Option<u32> {
     fdinfo.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok())
-}
-
-fn program_name(id: u32) -> Option<Vec<u8>> {
-    aya::programs::loaded_programs().flatten().find(|p| p.id() == id).map(|p| p.name().to_vec())
 }
 
 #[cfg(test)]
