@@ -165,6 +165,19 @@ struct KeyState {
     outbound: Option<bool>,
 }
 
+impl KeyState {
+    /// What the kernel counted that neither samples nor records reported.
+    fn due(&self) -> u64 {
+        self.kernel.saturating_sub(self.sampled.saturating_add(self.reconciled))
+    }
+
+    /// Reports `count` of it: the record's share, now counted as reconciled.
+    fn report(&mut self, key: CountKey, count: u64) -> Owed {
+        self.reconciled += count;
+        Owed { key, count, outbound: self.outbound.unwrap_or(key.action == Action::ConnectFailed as u8) }
+    }
+}
+
 /// What the samples of one key did not carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owed {
@@ -241,12 +254,8 @@ impl Reconciler {
             Some(at) if now.saturating_duration_since(at) >= settle => {}
             _ => return Vec::new(),
         }
-        let mut due: Vec<(CountKey, u64)> = self
-            .keys
-            .iter()
-            .map(|(k, s)| (*k, s.kernel.saturating_sub(s.sampled.saturating_add(s.reconciled))))
-            .filter(|(_, due)| *due > 0)
-            .collect();
+        let mut due: Vec<(CountKey, u64)> =
+            self.keys.iter().map(|(k, s)| (*k, s.due())).filter(|(_, due)| *due > 0).collect();
         if due.len() > self.max_per_poll {
             due.sort_unstable_by_key(|d| std::cmp::Reverse(d.1));
             due.truncate(self.max_per_poll);
@@ -254,12 +263,7 @@ impl Reconciler {
         let mut out = std::mem::take(&mut self.carry);
         for (key, count) in due {
             if let Some(s) = self.keys.peek_mut(&key) {
-                s.reconciled += count;
-                out.push(Owed {
-                    key,
-                    count,
-                    outbound: s.outbound.unwrap_or(key.action == Action::ConnectFailed as u8),
-                });
+                out.push(s.report(key, count));
             }
         }
         out
@@ -270,11 +274,9 @@ impl Reconciler {
     pub fn settle_all(&mut self) -> Vec<Owed> {
         let mut out = std::mem::take(&mut self.carry);
         for (key, s) in self.keys.iter_mut() {
-            let due = s.kernel.saturating_sub(s.sampled.saturating_add(s.reconciled));
+            let due = s.due();
             if due > 0 {
-                s.reconciled += due;
-                let outbound = s.outbound.unwrap_or(key.action == Action::ConnectFailed as u8);
-                out.push(Owed { key: *key, count: due, outbound });
+                out.push(s.report(*key, due));
             }
         }
         out
@@ -308,11 +310,10 @@ impl Reconciler {
             let gone: Vec<CountKey> =
                 self.keys.iter().filter(|(k, _)| !snapshot.counts.contains_key(k)).map(|(k, _)| *k).collect();
             for k in gone {
-                if let Some(s) = self.keys.pop(&k) {
-                    let due = s.kernel.saturating_sub(s.sampled.saturating_add(s.reconciled));
+                if let Some(mut s) = self.keys.pop(&k) {
+                    let due = s.due();
                     if due > 0 {
-                        let outbound = s.outbound.unwrap_or(k.action == Action::ConnectFailed as u8);
-                        self.carry.push(Owed { key: k, count: due, outbound });
+                        self.carry.push(s.report(k, due));
                     }
                 }
             }
