@@ -145,8 +145,8 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     let history = store.map(|store| history::Writer::start(store, stats.clone(), config.history.pending_max));
     let reopen = Arc::new(Notify::new());
     let sink_task = tokio::spawn(sink(log, history, outputs, rx, reopen.clone(), stats.clone()));
-    let health_task = match health::Writer::new(&config.daemon.runtime_dir) {
-        Ok(w) => Some(tokio::spawn(report_health(w, stats.clone()))),
+    let health_writer = match health::Writer::new(&config.daemon.runtime_dir) {
+        Ok(w) => Some(Arc::new(w)),
         Err(e) => {
             warn!(
                 "runtime directory {}: {e}; `observer doctor` will not see this daemon's losses",
@@ -155,6 +155,7 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
             None
         }
     };
+    let health_task = health_writer.clone().map(|w| tokio::spawn(report_health(w, stats.clone())));
 
     // Readiness line: tests and service managers wait for it.
     info!("ready: {attached} of {} hooks attached; JSON log {}", statuses.len(), config.daemon.json_log.display());
@@ -185,11 +186,10 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     if let Err(e) = sink_task.await {
         warn!("sink task ended abnormally: {e}");
     }
-    if let Some(task) = health_task {
+    if let (Some(task), Some(w)) = (health_task, health_writer) {
+        // The final counts, with the start time the status has carried.
         task.abort();
-        if let Ok(w) = health::Writer::new(&config.daemon.runtime_dir) {
-            let _ = w.write(&stats);
-        }
+        let _ = w.write(&stats);
     }
     info!(
         "stopped: {} records, {} decode errors, {} write errors; {} occurrences in {} reconciliation records; \
@@ -327,7 +327,7 @@ async fn sink(
 }
 
 /// Rewrites the health file every few seconds; says once if it cannot.
-async fn report_health(writer: health::Writer, stats: Arc<Stats>) {
+async fn report_health(writer: Arc<health::Writer>, stats: Arc<Stats>) {
     let mut tick = tokio::time::interval(health::EVERY);
     let mut warned = false;
     loop {
