@@ -20,6 +20,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl in tests"),
     ("util-linux", "setpriv for the privilege tests"),
     ("bpftrace", "the peer the benchmark compares the observer with (cargo xtask bench)"),
+    ("nginx", "the healthy web server of the benchmark (started by the bench, never as a service)"),
+    ("wrk", "the load generator of the benchmark's healthy web workload"),
+    ("iperf3", "the benchmark's small-message transfer workload"),
     ("rsyslog", "a real syslog receiver for the syslog output tests"),
     ("systemd", "systemd-analyze verifies the service unit in the tests"),
 ];

@@ -1,26 +1,31 @@
 //! `observer bench` (hidden; `cargo xtask bench` builds the release binary
-//! and runs it): the four measurements of the aggregation issue, in network
-//! namespaces on loopback, against a baseline taken in the same run.
+//! and runs it): what the observer costs, in network namespaces on
+//! loopback, against a baseline taken in the same run.
 //!
-//! 1. refused storm: connect() to a closed port, several threads; attempts
-//!    per second with no observer, with the observer, with the observer
-//!    minus its per-packet `net_dev_queue` hook, and with a bpftrace
-//!    one-liner counting the same tracepoints;
-//! 2. SYN flood: raw SYNs from `--clients` distinct addresses to a listener
+//! 1. healthy web traffic: nginx answering wrk with `Connection: close`,
+//!    requests per second; and small messages: iperf3 with 128-byte
+//!    writes, messages per second (`healthy`). The observer must cost these
+//!    nearly nothing, and report no failure for them;
+//! 2. refused storm: connect() to a closed port, several threads; attempts
+//!    per second;
+//! 3. SYN flood: raw SYNs from `--clients` distinct addresses to a listener
 //!    whose accept queue is full; SYNs the listener processed per second
-//!    (TcpExtListenOverflows), same peers;
-//! 3. the observer's CPU time (utime + stime of its process) per million
+//!    (TcpExtListenOverflows);
+//! 4. the observer's CPU time (utime + stime of its process) per million
 //!    failures, and its peak RSS (VmHWM) during the flood;
-//! 4. exactness: the observer's count in its JSON log (samples plus
+//! 5. exactness: the observer's count in its JSON log (samples plus
 //!    reconciliation records) against the kernel's counter (nstat) for the
 //!    same run: refused = TcpOutRsts, listen_overflow = TcpExtListenOverflows.
 //!
-//! Noise (two CPUs shared with builds) is tamed by rounds: every round runs
-//! each peer once per storm, in an order that alternates between rounds, and
+//! Each workload runs with no observer (the baseline), with the observer,
+//! and with a bpftrace one-liner counting the same hooks. Noise (two CPUs
+//! shared with builds) is tamed by rounds: every round runs
+//! each peer once per workload, in an order that alternates between rounds, and
 //! each peer's throughput is reported as the median over rounds of its rate
 //! divided by the baseline's rate of the same round. Every run is bounded by
 //! `--seconds` and `--max-failures`.
 
+pub mod healthy;
 pub mod load;
 pub mod peer;
 
@@ -41,7 +46,7 @@ use crate::{event::FailureEvent, lab::ns::Netns};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Rounds: each runs every peer once per storm, order alternating.
+    /// Rounds: each runs every peer once per workload, order alternating.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// Seconds of load per run.
@@ -65,9 +70,9 @@ pub struct BenchArgs {
     /// Run only these peers (repeatable; the baseline always runs).
     #[arg(long, value_enum)]
     pub peer: Vec<Peer>,
-    /// Run only these storms (repeatable).
+    /// Run only these workloads (repeatable).
     #[arg(long, value_enum)]
-    pub storm: Vec<Storm>,
+    pub workload: Vec<Workload>,
     /// Another program for the bpftrace peer (experiments: raw tracepoints, say).
     #[arg(long, value_name = "PROGRAM")]
     pub bpftrace_program: Option<String>,
@@ -79,26 +84,47 @@ pub struct BenchArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
-pub enum Storm {
+pub enum Workload {
+    Web,
+    SmallMessages,
     Refused,
     SynFlood,
 }
 
-impl Storm {
-    const ALL: [Storm; 2] = [Storm::Refused, Storm::SynFlood];
+impl Workload {
+    const ALL: [Workload; 4] = [Workload::Web, Workload::SmallMessages, Workload::Refused, Workload::SynFlood];
 
     fn name(self) -> &'static str {
         match self {
-            Storm::Refused => "refused storm",
-            Storm::SynFlood => "SYN flood",
+            Workload::Web => "web (nginx)",
+            Workload::SmallMessages => "128 B messages",
+            Workload::Refused => "refused storm",
+            Workload::SynFlood => "SYN flood",
         }
     }
 
-    /// The observer's action for each failure, and the kernel's own counter of it.
-    fn counted_as(self) -> (Action, &'static str) {
+    /// What one unit of the workload is (the rates count them).
+    fn unit(self) -> &'static str {
         match self {
-            Storm::Refused => (Action::Refused, "TcpOutRsts"),
-            Storm::SynFlood => (Action::ListenOverflow, "TcpExtListenOverflows"),
+            Workload::Web => "request",
+            Workload::SmallMessages => "message",
+            Workload::Refused | Workload::SynFlood => "failure",
+        }
+    }
+
+    /// Healthy traffic: every connection succeeds; the observer must
+    /// report nothing and cost nearly nothing.
+    fn healthy(self) -> bool {
+        matches!(self, Workload::Web | Workload::SmallMessages)
+    }
+
+    /// For a storm, the observer's action for each failure and the
+    /// kernel's own counter of it.
+    fn counted_as(self) -> Option<(Action, &'static str)> {
+        match self {
+            Workload::Refused => Some((Action::Refused, "TcpOutRsts")),
+            Workload::SynFlood => Some((Action::ListenOverflow, "TcpExtListenOverflows")),
+            Workload::Web | Workload::SmallMessages => None,
         }
     }
 }
@@ -110,13 +136,15 @@ const FLOOD_PORT: u16 = 8080;
 struct Env {
     refused: Netns,
     flood: Netns,
+    /// nginx and iperf3, when a healthy workload runs.
+    healthy: Option<healthy::Healthy>,
     dir: PathBuf,
     _listener: socket2::Socket,
     _queued: std::net::TcpStream,
 }
 
 impl Env {
-    fn new(dir: PathBuf) -> anyhow::Result<Env> {
+    fn new(dir: PathBuf, with_healthy: bool) -> anyhow::Result<Env> {
         let refused = Netns::new("bench-refused").map_err(|e| anyhow!(e))?;
         let flood = Netns::new("bench-flood").map_err(|e| anyhow!(e))?;
         let to = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, FLOOD_PORT));
@@ -133,13 +161,26 @@ impl Env {
             })
             .map_err(|e| anyhow!(e))?
             .context("a listener with a full accept queue")?;
-        Ok(Env { refused, flood, dir, _listener: listener, _queued: queued })
+        let healthy = if with_healthy { Some(healthy::Healthy::start(&dir)?) } else { None };
+        Ok(Env { refused, flood, healthy, dir, _listener: listener, _queued: queued })
     }
 
-    fn netns(&self, storm: Storm) -> &Netns {
-        match storm {
-            Storm::Refused => &self.refused,
-            Storm::SynFlood => &self.flood,
+    fn healthy(&self) -> anyhow::Result<&healthy::Healthy> {
+        self.healthy.as_ref().context("the healthy workloads were not started")
+    }
+
+    /// The namespace of a storm (the healthy workloads have their own).
+    fn netns(&self, workload: Workload) -> &Netns {
+        match workload {
+            Workload::SynFlood => &self.flood,
+            _ => &self.refused,
+        }
+    }
+
+    fn netns_inode(&self, workload: Workload) -> u32 {
+        match (&self.healthy, workload.healthy()) {
+            (Some(h), true) => h.netns_inode(),
+            _ => self.netns(workload).inode(),
         }
     }
 }
@@ -176,6 +217,16 @@ pub struct Logged {
     pub reconciled_records: u64,
 }
 
+impl Logged {
+    fn add(self, other: &Logged) -> Logged {
+        Logged {
+            count: self.count + other.count,
+            records: self.records + other.records,
+            reconciled_records: self.reconciled_records + other.reconciled_records,
+        }
+    }
+}
+
 fn logged(log: &Path, netns: u32) -> anyhow::Result<HashMap<Action, Logged>> {
     let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     let mut out: HashMap<Action, Logged> = HashMap::new();
@@ -194,9 +245,11 @@ fn logged(log: &Path, netns: u32) -> anyhow::Result<HashMap<Action, Logged>> {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ObserverRun {
-    /// The observer's count of the storm's action (event.count summed).
+    /// The observer's count of the storm's action (event.count summed);
+    /// for healthy traffic, of any failure in its namespace.
     pub counted: u64,
-    /// The kernel's counter for the same failures (nstat delta).
+    /// The kernel's counter for the same failures (nstat delta); 0 for
+    /// healthy traffic.
     pub kernel: u64,
     pub exact: bool,
     pub records: u64,
@@ -204,7 +257,7 @@ pub struct ObserverRun {
     /// CPU time of the observer process during the run (and 1.5 s after).
     pub cpu_secs: f64,
     pub peak_rss_kib: Option<u64>,
-    /// Outbound side of the refused storm: connect_failed vs TcpAttemptFails.
+    /// Outbound side of the refused workload: connect_failed vs TcpAttemptFails.
     pub connect_failed: Option<(u64, u64)>,
     /// Loss warnings the observer printed during the run.
     pub warnings: Vec<String>,
@@ -212,19 +265,22 @@ pub struct ObserverRun {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Run {
-    pub storm: Storm,
+    pub workload: Workload,
     pub peer: Peer,
     pub round: u32,
     pub seconds: f64,
-    /// Connection attempts (refused) or SYNs sent (flood).
+    /// Connection attempts (refused) or SYNs sent (flood); requests or
+    /// messages (healthy).
     pub attempts: u64,
-    /// Failures by the kernel's counter (TcpOutRsts or TcpExtListenOverflows).
-    pub failures: u64,
-    /// Failures per second of wall-clock time.
+    /// What the rates count: failures by the kernel's counter (TcpOutRsts
+    /// or TcpExtListenOverflows), or the healthy workload's requests or
+    /// messages.
+    pub units: u64,
+    /// Units per second of wall-clock time.
     pub rate: f64,
     /// CPU time of the load threads, kernel work on their behalf included.
     pub load_cpu_secs: f64,
-    /// Failures per CPU-second of the load: the throughput the peers are
+    /// Units per CPU-second of the load: the throughput the peers are
     /// compared by (insensitive to other processes taking the CPUs).
     pub rate_per_cpu: f64,
     /// A profile run (bpf_stats on): not part of the throughput figures.
@@ -237,18 +293,18 @@ pub struct Run {
     pub bpftrace_counts: Vec<(String, u64)>,
 }
 
-fn load(env: &Env, storm: Storm, args: &BenchArgs, threads: usize, seconds: f64) -> anyhow::Result<load::Load> {
-    let path = env.netns(storm).path();
+fn load(env: &Env, workload: Workload, args: &BenchArgs, threads: usize, seconds: f64) -> anyhow::Result<load::Load> {
+    let path = env.netns(workload).path();
     let duration = Duration::from_secs_f64(seconds);
-    match storm {
-        Storm::Refused => load::refused_storm(
+    match workload {
+        Workload::Refused => load::refused_storm(
             &path,
             SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, REFUSED_PORT)),
             threads,
             duration,
             args.max_failures,
         ),
-        Storm::SynFlood => load::syn_flood(
+        Workload::SynFlood => load::syn_flood(
             &path,
             SocketAddrV4::new(Ipv4Addr::LOCALHOST, FLOOD_PORT),
             args.clients,
@@ -256,22 +312,24 @@ fn load(env: &Env, storm: Storm, args: &BenchArgs, threads: usize, seconds: f64)
             duration,
             args.max_failures,
         ),
+        Workload::Web => env.healthy()?.web(seconds),
+        Workload::SmallMessages => env.healthy()?.small_messages(seconds),
     }
 }
 
-/// One program's share of a failure, from a profile run.
+/// One program's share of a unit (failure, request, message), from a profile run.
 #[derive(Clone, Debug, Serialize)]
 pub struct HookCost {
     pub program: String,
-    pub runs_per_failure: f64,
+    pub runs_per_unit: f64,
     pub ns_per_run: f64,
-    pub ns_per_failure: f64,
+    pub ns_per_unit: f64,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-fn hook_costs(before: &[ProgramStat], after: &[ProgramStat], failures: u64) -> Vec<HookCost> {
-    let f = failures.max(1) as f64;
+fn hook_costs(before: &[ProgramStat], after: &[ProgramStat], units: u64) -> Vec<HookCost> {
+    let f = units.max(1) as f64;
     let mut out: Vec<HookCost> = after
         .iter()
         .map(|a| {
@@ -280,33 +338,36 @@ fn hook_costs(before: &[ProgramStat], after: &[ProgramStat], failures: u64) -> V
             let ns = a.ns.saturating_sub(b.map_or(0, |b| b.ns));
             HookCost {
                 program: a.name.clone(),
-                runs_per_failure: runs as f64 / f,
+                runs_per_unit: runs as f64 / f,
                 ns_per_run: if runs == 0 { 0.0 } else { ns as f64 / runs as f64 },
-                ns_per_failure: ns as f64 / f,
+                ns_per_unit: ns as f64 / f,
             }
         })
         .collect();
-    out.sort_by(|a, b| b.ns_per_failure.total_cmp(&a.ns_per_failure));
+    out.sort_by(|a, b| b.ns_per_unit.total_cmp(&a.ns_per_unit));
     out
 }
 
 fn one(
     env: &Env,
-    storm: Storm,
+    workload: Workload,
     peer: Peer,
     round: u32,
     args: &BenchArgs,
     threads: usize,
     profile: bool,
 ) -> anyhow::Result<Run> {
-    let ns = env.netns(storm);
+    let ns = env.netns(workload);
     let mut running = Running::start(peer, &env.dir, args.bpftrace_program.as_deref())?;
-    let before = nstat(ns)?;
+    // The storms' failures are read from the kernel's counters; a healthy
+    // workload's units (requests, messages) from its client.
+    let counted_as = workload.counted_as();
+    let before = if counted_as.is_some() { nstat(ns)? } else { HashMap::new() };
     let cpu0 = running.cpu();
     let progs0 = if profile { running.program_stats() } else { Vec::new() };
-    let done = load(env, storm, args, threads, args.seconds)?;
+    let done = load(env, workload, args, threads, args.seconds)?;
     let progs1 = if profile { running.program_stats() } else { Vec::new() };
-    let after = nstat(ns)?;
+    let after = if counted_as.is_some() { nstat(ns)? } else { HashMap::new() };
     if peer.is_observer() {
         // Reconciliation runs every second: its cost belongs to the run.
         std::thread::sleep(Duration::from_millis(1500));
@@ -318,30 +379,45 @@ fn one(
     let peak_rss_kib = running.peak_rss_kib();
     // The observer settles every count at shutdown (detach, drain, reconcile).
     running.stop();
-    let (action, counter) = storm.counted_as();
-    let failures = delta(&before, &after, counter);
-    let rate = failures as f64 / done.elapsed.as_secs_f64().max(1e-9);
+    let units = match counted_as {
+        Some((_, counter)) => delta(&before, &after, counter),
+        None => done.attempts,
+    };
+    let rate = units as f64 / done.elapsed.as_secs_f64().max(1e-9);
     let mut run = Run {
-        storm,
+        workload,
         peer,
         round,
         seconds: done.elapsed.as_secs_f64(),
         attempts: done.attempts,
-        failures,
+        units,
         rate,
         load_cpu_secs: done.cpu.as_secs_f64(),
-        rate_per_cpu: failures as f64 / done.cpu.as_secs_f64().max(1e-9),
+        rate_per_cpu: units as f64 / done.cpu.as_secs_f64().max(1e-9),
         profile,
-        hooks: hook_costs(&progs0, &progs1, failures),
+        hooks: hook_costs(&progs0, &progs1, units),
         observer: None,
         bpftrace_cpu_secs: None,
         bpftrace_counts: Vec::new(),
     };
     match (&running.log, peer) {
         (Some(log), _) => {
-            let counts = logged(log, ns.inode())?;
-            let ours = counts.get(&action).copied().unwrap_or_default();
-            let connect_failed = (storm == Storm::Refused).then(|| {
+            let counts = logged(log, env.netns_inode(workload))?;
+            // A storm's action must match the kernel's counter; healthy
+            // traffic must give no failure. Resets are not counted there:
+            // wrk and iperf3 abort their last connections when they stop
+            // (unread data at close), and those are real resets.
+            let (ours, kernel) = match counted_as {
+                Some((action, _)) => (counts.get(&action).copied().unwrap_or_default(), units),
+                None => (
+                    counts
+                        .iter()
+                        .filter(|(a, _)| !matches!(a, Action::ResetSent | Action::ResetReceived))
+                        .fold(Logged::default(), |acc, (_, l)| acc.add(l)),
+                    0,
+                ),
+            };
+            let connect_failed = (workload == Workload::Refused).then(|| {
                 (counts.get(&Action::ConnectFailed).map_or(0, |l| l.count), delta(&before, &after, "TcpAttemptFails"))
             });
             let warnings = running
@@ -351,8 +427,8 @@ fn one(
                 .unwrap_or_default();
             run.observer = Some(ObserverRun {
                 counted: ours.count,
-                kernel: failures,
-                exact: ours.count == failures,
+                kernel,
+                exact: ours.count == kernel,
                 records: ours.records,
                 reconciled_records: ours.reconciled_records,
                 cpu_secs: cpu.unwrap_or(f64::NAN),
@@ -386,11 +462,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct PeerSummary {
-    pub storm: Storm,
+    pub workload: Workload,
     pub peer: Peer,
-    /// Median failures per second (wall clock) over the rounds.
+    /// Median units per second (wall clock) over the rounds.
     pub rate: f64,
-    /// Median failures per CPU-second of the load over the rounds.
+    /// Median units per CPU-second of the load over the rounds.
     pub rate_per_cpu: f64,
     /// Median over rounds of rate_per_cpu / the same round's baseline's:
     /// the throughput ratio the targets are judged by.
@@ -404,7 +480,7 @@ pub struct PeerSummary {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ObserverSummary {
-    pub storm: Storm,
+    pub workload: Workload,
     /// The observer's count and the kernel's over all its runs.
     pub counted: u64,
     pub kernel: u64,
@@ -413,32 +489,32 @@ pub struct ObserverSummary {
     pub peak_rss_mib: f64,
 }
 
-/// Where the kernel time of one failure goes, from a profile run.
+/// Where the kernel time of one unit goes, from a profile run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Profile {
-    pub storm: Storm,
-    /// CPU time of one failure with no observer (baseline runs, median).
-    pub baseline_ns_per_failure: f64,
-    /// Kernel time of the observer's programs per failure (bpf_stats).
-    pub hooks_ns_per_failure: f64,
+    pub workload: Workload,
+    /// CPU time of one unit with no observer (baseline runs, median).
+    pub baseline_ns_per_unit: f64,
+    /// Kernel time of the observer's programs per unit (bpf_stats).
+    pub hooks_ns_per_unit: f64,
     pub hooks: Vec<HookCost>,
 }
 
 fn profiles(runs: &[Run]) -> Vec<Profile> {
-    Storm::ALL
+    Workload::ALL
         .into_iter()
-        .filter_map(|storm| {
-            let p = runs.iter().find(|r| r.storm == storm && r.profile)?;
+        .filter_map(|workload| {
+            let p = runs.iter().find(|r| r.workload == workload && r.profile)?;
             let baseline = median(
                 runs.iter()
-                    .filter(|r| r.storm == storm && r.peer == Peer::Baseline && !r.profile)
+                    .filter(|r| r.workload == workload && r.peer == Peer::Baseline && !r.profile)
                     .map(|r| 1e9 / r.rate_per_cpu)
                     .collect(),
             );
             Some(Profile {
-                storm,
-                baseline_ns_per_failure: baseline,
-                hooks_ns_per_failure: p.hooks.iter().map(|h| h.ns_per_failure).sum(),
+                workload,
+                baseline_ns_per_unit: baseline,
+                hooks_ns_per_unit: p.hooks.iter().map(|h| h.ns_per_unit).sum(),
                 hooks: p.hooks.clone(),
             })
         })
@@ -472,14 +548,14 @@ pub struct Report {
 fn summarize(runs: &[Run]) -> (Vec<PeerSummary>, Vec<ObserverSummary>) {
     let mut peers = Vec::new();
     let mut observer = Vec::new();
-    for storm in Storm::ALL {
+    for workload in Workload::ALL {
         let baseline: BTreeMap<u32, &Run> = runs
             .iter()
-            .filter(|r| r.storm == storm && r.peer == Peer::Baseline && !r.profile)
+            .filter(|r| r.workload == workload && r.peer == Peer::Baseline && !r.profile)
             .map(|r| (r.round, r))
             .collect();
         for peer in Peer::ALL {
-            let mine: Vec<&Run> = runs.iter().filter(|r| r.storm == storm && r.peer == peer && !r.profile).collect();
+            let mine: Vec<&Run> = runs.iter().filter(|r| r.workload == workload && r.peer == peer && !r.profile).collect();
             if mine.is_empty() {
                 continue;
             }
@@ -487,7 +563,7 @@ fn summarize(runs: &[Run]) -> (Vec<PeerSummary>, Vec<ObserverSummary>) {
                 mine.iter().filter_map(|r| baseline.get(&r.round).map(|b| r.rate_per_cpu / b.rate_per_cpu)).collect();
             let wall: Vec<f64> = mine.iter().filter_map(|r| baseline.get(&r.round).map(|b| r.rate / b.rate)).collect();
             peers.push(PeerSummary {
-                storm,
+                workload,
                 peer,
                 rate: median(mine.iter().map(|r| r.rate).collect()),
                 rate_per_cpu: median(mine.iter().map(|r| r.rate_per_cpu).collect()),
@@ -500,7 +576,7 @@ fn summarize(runs: &[Run]) -> (Vec<PeerSummary>, Vec<ObserverSummary>) {
         }
         let obs: Vec<&ObserverRun> = runs
             .iter()
-            .filter(|r| r.storm == storm && r.peer == Peer::Observer)
+            .filter(|r| r.workload == workload && r.peer.is_observer())
             .filter_map(|r| r.observer.as_ref())
             .collect();
         if !obs.is_empty() {
@@ -508,7 +584,7 @@ fn summarize(runs: &[Run]) -> (Vec<PeerSummary>, Vec<ObserverSummary>) {
             let kernel = obs.iter().map(|o| o.kernel).sum::<u64>();
             let cpu: f64 = obs.iter().map(|o| o.cpu_secs).sum();
             observer.push(ObserverSummary {
-                storm,
+                workload,
                 counted,
                 kernel,
                 exact: obs.iter().all(|o| o.exact),
@@ -521,19 +597,22 @@ fn summarize(runs: &[Run]) -> (Vec<PeerSummary>, Vec<ObserverSummary>) {
 }
 
 fn targets(peers: &[PeerSummary], observer: &[ObserverSummary], clients: u32) -> Vec<Target> {
-    let ratio = |storm, peer| peers.iter().find(|p| p.storm == storm && p.peer == peer).map(|p| p.ratio);
+    let ratio = |workload, peer| peers.iter().find(|p| p.workload == workload && p.peer == peer).map(|p| p.ratio);
     let mut out = Vec::new();
-    for storm in Storm::ALL {
-        if let Some(o) = ratio(storm, Peer::Observer) {
+    for workload in Workload::ALL {
+        if let Some(o) = ratio(workload, Peer::Observer) {
+            // Healthy traffic is what the observer meets every hour: it
+            // must cost it nearly nothing; a storm is rare.
+            let floor = if workload.healthy() { 0.99 } else { 0.97 };
             out.push(Target {
-                what: format!("{}: throughput with the observer", storm.name()),
-                target: ">= 97% of baseline".into(),
+                what: format!("{}: throughput with the observer", workload.name()),
+                target: format!(">= {:.0}% of baseline", floor * 100.0),
                 measured: format!("{:.1}%", o * 100.0),
-                met: o >= 0.97,
+                met: o >= floor,
             });
-            if let Some(b) = ratio(storm, Peer::Bpftrace) {
+            if let (Some(b), false) = (ratio(workload, Peer::Bpftrace), workload.healthy()) {
                 out.push(Target {
-                    what: format!("{}: observer vs bpftrace peer", storm.name()),
+                    what: format!("{}: observer vs bpftrace peer", workload.name()),
                     target: "no worse than bpftrace".into(),
                     measured: format!("{:.1}% vs {:.1}%", o * 100.0, b * 100.0),
                     met: o >= b,
@@ -542,14 +621,23 @@ fn targets(peers: &[PeerSummary], observer: &[ObserverSummary], clients: u32) ->
         }
     }
     for o in observer {
-        out.push(Target {
-            what: format!("{}: observer count vs kernel counter", o.storm.name()),
-            target: "exact".into(),
-            measured: format!("{} vs {}", o.counted, o.kernel),
-            met: o.exact,
+        out.push(if o.workload.healthy() {
+            Target {
+                what: format!("{}: failures the observer reports (teardown resets aside)", o.workload.name()),
+                target: "none".into(),
+                measured: o.counted.to_string(),
+                met: o.counted == 0,
+            }
+        } else {
+            Target {
+                what: format!("{}: observer count vs kernel counter", o.workload.name()),
+                target: "exact".into(),
+                measured: format!("{} vs {}", o.counted, o.kernel),
+                met: o.exact,
+            }
         });
     }
-    if let Some(f) = observer.iter().find(|o| o.storm == Storm::SynFlood) {
+    if let Some(f) = observer.iter().find(|o| o.workload == Workload::SynFlood) {
         out.push(Target {
             what: format!("peak RSS during a flood of {clients} client addresses"),
             target: "< 64 MiB".into(),
@@ -557,10 +645,11 @@ fn targets(peers: &[PeerSummary], observer: &[ObserverSummary], clients: u32) ->
             met: f.peak_rss_mib < 64.0,
         });
     }
-    let cpu = observer.iter().map(|o| o.cpu_secs_per_million).fold(0.0f64, f64::max);
-    if !observer.is_empty() {
+    let storms = || observer.iter().filter(|o| !o.workload.healthy());
+    let cpu = storms().map(|o| o.cpu_secs_per_million).fold(0.0f64, f64::max);
+    if storms().next().is_some() {
         out.push(Target {
-            what: "observer CPU per million failures (worst storm)".into(),
+            what: "observer CPU per million failures (worst workload)".into(),
             target: "< 1 s".into(),
             measured: format!("{cpu:.3} s"),
             met: cpu < 1.0,
@@ -579,13 +668,13 @@ fn print(report: &Report) {
         report.rounds, report.seconds, report.threads, report.clients, report.kernel, report.cpus
     );
     println!(
-        "{:<14} {:<24} {:>12} {:>13} {:>12} {:>15} {:>9}",
-        "storm", "peer", "failures/s", "per CPU-s", "vs baseline", "(min..max)", "wall"
+        "{:<15} {:<24} {:>12} {:>13} {:>12} {:>15} {:>9}",
+        "workload", "peer", "units/s", "per CPU-s", "vs baseline", "(min..max)", "wall"
     );
     for p in &report.peers {
         println!(
-            "{:<14} {:<24} {:>12.0} {:>13.0} {:>11.1}% {:>7.1}..{:>5.1}% {:>8.1}%",
-            p.storm.name(),
+            "{:<15} {:<24} {:>12.0} {:>13.0} {:>11.1}% {:>7.1}..{:>5.1}% {:>8.1}%",
+            p.workload.name(),
             p.peer.name(),
             p.rate,
             p.rate_per_cpu,
@@ -596,30 +685,32 @@ fn print(report: &Report) {
         );
     }
     println!();
-    println!("{:<14} {:>26} {:>14} {:>12}", "observer", "count = kernel counter", "CPU s/M", "peak RSS");
+    println!("{:<15} {:>34} {:>14} {:>12}", "observer", "count = kernel counter", "CPU s/M", "peak RSS");
     for o in &report.observer {
-        let (_, counter) = o.storm.counted_as();
+        let counter = o.workload.counted_as().map_or("healthy: expects 0", |(_, c)| c);
         println!(
-            "{:<14} {:>26} {:>14.3} {:>8.1} MiB",
-            o.storm.name(),
+            "{:<15} {:>34} {:>14.3} {:>8.1} MiB",
+            o.workload.name(),
             format!("{} {} {} ({counter})", o.counted, if o.exact { "=" } else { "!=" }, o.kernel),
             o.cpu_secs_per_million,
             o.peak_rss_mib
         );
     }
     for p in &report.profile {
+        let unit = p.workload.unit();
         println!(
-            "\nkernel time per failure, {}: {:.0} ns without observer; the observer's programs add {:.0} ns ({:.1}%)",
-            p.storm.name(),
-            p.baseline_ns_per_failure,
-            p.hooks_ns_per_failure,
-            100.0 * p.hooks_ns_per_failure / p.baseline_ns_per_failure
+            "\nCPU time per {unit}, {}: {:.0} ns without observer; the observer's programs add {:.0} ns ({:.2}%)",
+            p.workload.name(),
+            p.baseline_ns_per_unit,
+            p.hooks_ns_per_unit,
+            100.0 * p.hooks_ns_per_unit / p.baseline_ns_per_unit
         );
-        println!("  {:<24} {:>14} {:>10} {:>14}", "program", "runs/failure", "ns/run", "ns/failure");
-        for h in p.hooks.iter().filter(|h| h.runs_per_failure > 0.0) {
+        let (runs, per) = (format!("runs/{unit}"), format!("ns/{unit}"));
+        println!("  {:<24} {:>14} {:>10} {:>14}", "program", runs, "ns/run", per);
+        for h in p.hooks.iter().filter(|h| h.runs_per_unit > 0.0) {
             println!(
                 "  {:<24} {:>14.2} {:>10.0} {:>14.0}",
-                h.program, h.runs_per_failure, h.ns_per_run, h.ns_per_failure
+                h.program, h.runs_per_unit, h.ns_per_run, h.ns_per_unit
             );
         }
     }
@@ -638,44 +729,47 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let started = SystemTime::now();
     let dir = std::env::temp_dir().join(format!("observer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let env = Env::new(dir.clone())?;
-
     let peers: Vec<Peer> = Peer::ALL
         .into_iter()
         .filter(|p| !(args.no_bpftrace && *p == Peer::Bpftrace))
         .filter(|p| args.peer.is_empty() || *p == Peer::Baseline || args.peer.contains(p))
         .collect();
-    let storms: Vec<Storm> =
-        Storm::ALL.into_iter().filter(|s| args.storm.is_empty() || args.storm.contains(s)).collect();
-    // Warm-up, and a check that the flood really overflows the listener.
-    for &storm in &storms {
-        let ns = env.netns(storm);
+    let workloads: Vec<Workload> =
+        Workload::ALL.into_iter().filter(|s| args.workload.is_empty() || args.workload.contains(s)).collect();
+    let env = Env::new(dir.clone(), workloads.iter().any(|w| w.healthy()))?;
+    // Warm-up, and a check that the storms really fail (the flood
+    // overflows the listener) and the healthy workloads really work.
+    for &workload in &workloads {
+        let ns = env.netns(workload);
         let before = nstat(ns)?;
-        load(&env, storm, args, threads, 0.3)?;
-        let n = delta(&before, &nstat(ns)?, storm.counted_as().1);
-        if n == 0 {
-            bail!("warm-up of the {}: the kernel counted no failure ({})", storm.name(), storm.counted_as().1);
+        let done = load(&env, workload, args, threads, 0.3)?;
+        if let Some((_, counter)) = workload.counted_as() {
+            if delta(&before, &nstat(ns)?, counter) == 0 {
+                bail!("warm-up of the {}: the kernel counted no failure ({counter})", workload.name());
+            }
+        } else if done.attempts == 0 {
+            bail!("warm-up of the {}: no {} completed", workload.name(), workload.unit());
         }
     }
 
     let mut runs = Vec::new();
-    let total = args.rounds as usize * storms.len() * peers.len();
+    let total = args.rounds as usize * workloads.len() * peers.len();
     for round in 0..args.rounds {
         let mut order = peers.clone();
         if round % 2 == 1 {
             order.reverse();
         }
-        for &storm in &storms {
+        for &workload in &workloads {
             for &peer in &order {
                 eprintln!(
                     "bench: [{}/{total}] round {} {} with {}",
                     runs.len() + 1,
                     round + 1,
-                    storm.name(),
+                    workload.name(),
                     peer.name()
                 );
-                let run = one(&env, storm, peer, round, args, threads, false)
-                    .with_context(|| format!("{} with {}", storm.name(), peer.name()))?;
+                let run = one(&env, workload, peer, round, args, threads, false)
+                    .with_context(|| format!("{} with {}", workload.name(), peer.name()))?;
                 runs.push(run);
             }
         }
@@ -683,14 +777,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !args.no_profile {
         let was = std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0".into());
         std::fs::write(BPF_STATS, "1").with_context(|| format!("enabling {BPF_STATS}"))?;
-        for &storm in &storms {
-            eprintln!("bench: profile: {} with the observer, kernel.bpf_stats_enabled = 1", storm.name());
-            let run = one(&env, storm, Peer::Observer, args.rounds, args, threads, true);
+        for &workload in &workloads {
+            eprintln!("bench: profile: {} with the observer, kernel.bpf_stats_enabled = 1", workload.name());
+            let run = one(&env, workload, Peer::Observer, args.rounds, args, threads, true);
             match run {
                 Ok(r) => runs.push(r),
                 Err(e) => {
                     let _ = std::fs::write(BPF_STATS, was.trim());
-                    return Err(e.context(format!("profile of the {}", storm.name())));
+                    return Err(e.context(format!("profile of the {}", workload.name())));
                 }
             }
         }
@@ -727,14 +821,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn run(storm: Storm, peer: Peer, round: u32, rate_per_cpu: f64) -> Run {
+    fn run(workload: Workload, peer: Peer, round: u32, rate_per_cpu: f64) -> Run {
         Run {
-            storm,
+            workload,
             peer,
             round,
             seconds: 1.0,
             attempts: 0,
-            failures: 1_000_000,
+            units: 1_000_000,
             rate: rate_per_cpu * 2.0,
             load_cpu_secs: 0.0,
             rate_per_cpu,
@@ -758,10 +852,10 @@ mod tests {
     fn ratios_are_per_round_against_that_rounds_baseline() {
         // The machine got twice as slow in round 1: per-round ratios hide it.
         let runs = vec![
-            run(Storm::Refused, Peer::Baseline, 0, 100.0),
-            run(Storm::Refused, Peer::Observer, 0, 90.0),
-            run(Storm::Refused, Peer::Baseline, 1, 50.0),
-            run(Storm::Refused, Peer::Observer, 1, 45.0),
+            run(Workload::Refused, Peer::Baseline, 0, 100.0),
+            run(Workload::Refused, Peer::Observer, 0, 90.0),
+            run(Workload::Refused, Peer::Baseline, 1, 50.0),
+            run(Workload::Refused, Peer::Observer, 1, 45.0),
         ];
         let (peers, _) = summarize(&runs);
         let o = peers.iter().find(|p| p.peer == Peer::Observer).unwrap();
@@ -780,6 +874,6 @@ mod tests {
         ];
         let c = hook_costs(&before, &after, 10);
         assert_eq!(c[0].program, "b", "most expensive first");
-        assert_eq!((c[1].runs_per_failure, c[1].ns_per_run, c[1].ns_per_failure), (2.0, 200.0, 400.0));
+        assert_eq!((c[1].runs_per_unit, c[1].ns_per_run, c[1].ns_per_unit), (2.0, 200.0, 400.0));
     }
 }

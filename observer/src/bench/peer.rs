@@ -60,6 +60,19 @@ pub fn bpftrace_program() -> String {
     format!("{} {{ @[probe] = count(); }}", probes.join(", "))
 }
 
+/// User + system CPU time of a running process, all its threads.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised comm (which may contain spaces):
+    // utime is field 14 and stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+}
+
 /// One eBPF program's counters (bpf_prog_info run_cnt and run_time_ns).
 #[derive(Clone, Debug, Serialize)]
 pub struct ProgramStat {
@@ -164,16 +177,7 @@ impl Running {
 
     /// User + system CPU time of the process so far.
     pub fn cpu(&self) -> Option<Duration> {
-        let pid = self.pid()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the parenthesised comm (which may contain spaces):
-        // state is field 3, utime 14 and stime 15.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Some(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+        process_cpu(self.pid()?)
     }
 
     /// Peak resident set size (VmHWM), in KiB.
