@@ -13,8 +13,8 @@
 /// Marks an offset or value the kernel does not provide.
 pub const UNSET: u16 = u16::MAX;
 
-/// Fields common to tcp_receive_reset, tcp_retransmit_synack,
-/// inet_sock_set_state and inet_sk_error_report: the classic TCP 4-tuple
+/// tcp_receive_reset, tcp_retransmit_synack and the pre-6.10 tcp_send_reset:
+/// the classic TCP 4-tuple
 /// tracepoint layout. `family` is UNSET where the kernel's tracepoint has
 /// none (tcp_receive_reset and tcp_retransmit_synack before 5.11): the
 /// programs then read the socket's `skc_family` through BTF, which is what
@@ -58,31 +58,18 @@ pub struct SendResetLayout {
     pub daddr: u16,
 }
 
-/// sock:inet_sock_set_state.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SetStateLayout {
-    pub tuple: TupleLayout,
-    pub oldstate: u16,
-    pub newstate: u16,
-    pub protocol: u16,
-    pub _pad: u16,
-}
-
-/// skb:kfree_skb.
+/// skb:kfree_skb, attached raw: which arguments this kernel passes after
+/// `skb` and `location` (the tracepoint's format file says). A field is
+/// UNSET when the argument is absent, anything else when present.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KfreeSkbLayout {
-    pub skbaddr: u16,
-    pub protocol: u16,
-    /// `enum skb_drop_reason` (5.17+); UNSET on older kernels, which are
-    /// read through `location` instead.
+    /// `enum skb_drop_reason` (5.17+); absent on older kernels, which are
+    /// read through `location` (the caller of kfree_skb) instead.
     pub reason: u16,
     /// The socket the packet was delivered to (6.12+ `rx_sk`); optional.
     pub rx_sk: u16,
-    /// The caller of kfree_skb (a return address in kernel text).
-    pub location: u16,
-    pub _pad: [u16; 3],
+    pub _pad: [u16; 2],
 }
 
 /// A function's text, `[start, end)`, from /proc/kallsyms: a kfree_skb
@@ -125,9 +112,10 @@ pub mod source {
     pub const NETFILTER_DROP_LOCATION: u8 = 2;
     /// Final-ACK accept-queue overflows: kfree_skb's TCP_LISTEN_OVERFLOW.
     pub const ACK_OVERFLOW_DROP_REASON: u8 = 1;
-    /// ... the cgroup_skb listener program sees the final ACK reach a
-    /// listener whose accept queue is full.
-    pub const ACK_OVERFLOW_LISTENER: u8 = 2;
+    /// ... tcp_v4/v6_syn_recv_sock is called for a final ACK while the
+    /// listener's accept queue is full (fentry), or, where that cannot
+    /// run, the cgroup_skb listener program sees the final ACK reach it.
+    pub const ACK_OVERFLOW_SYN_RECV_SOCK: u8 = 2;
 }
 
 /// The chosen sources (`source::*`) and the function ranges they need.
@@ -157,21 +145,6 @@ impl Sources {
         nf_hook_slow: TextRange::EMPTY,
         nft_do_chain: TextRange::EMPTY,
     };
-}
-
-/// syscalls:sys_enter_connect and syscalls:sys_exit_connect. The syscall
-/// tracepoints store every argument in an 8-byte slot.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SysConnectLayout {
-    /// sys_enter_connect `fd`
-    pub fd: u16,
-    /// sys_enter_connect `uservaddr` (a user pointer)
-    pub uservaddr: u16,
-    /// sys_enter_connect `addrlen`
-    pub addrlen: u16,
-    /// sys_exit_connect `ret`
-    pub ret: u16,
 }
 
 /// Member offsets (bytes from the start of the named struct) from BTF.
@@ -221,22 +194,14 @@ pub struct StructOffsets {
     pub sk_v6_rcv_saddr: u16,
     /// `sock.__sk_common.skc_num` (local port, host order)
     pub sk_num: u16,
-    /// `task_struct.files`
-    pub task_files: u16,
-    /// `files_struct.fdt`
-    pub files_fdt: u16,
-    /// `fdtable.max_fds`
-    pub fdt_max_fds: u16,
-    /// `fdtable.fd` (the `struct file *` array)
-    pub fdt_fd: u16,
-    /// `file.private_data` (a socket file's `struct socket *`)
-    pub file_private_data: u16,
-    /// `socket.type` (SOCK_STREAM, ...)
-    pub socket_type: u16,
-    /// `socket.sk`
-    pub socket_sk: u16,
-    /// `socket.file` (points back at the file: proves it is a socket)
-    pub socket_file: u16,
+    /// `sock.__sk_common.skc_dport` (remote port, network order)
+    pub sk_dport: u16,
+    /// `sock.__sk_common.skc_daddr` (IPv4 remote address)
+    pub sk_daddr: u16,
+    /// `sock.__sk_common.skc_v6_daddr` (IPv6 remote address)
+    pub sk_v6_daddr: u16,
+    /// `sk_buff.protocol` (the ethertype, network order)
+    pub skb_protocol: u16,
     /// `sock.__sk_common.skc_family` (also `request_sock`'s, same prefix)
     pub sk_family: u16,
     pub _pad: [u16; 2],
@@ -265,14 +230,10 @@ impl StructOffsets {
         sk_rcv_saddr: UNSET,
         sk_v6_rcv_saddr: UNSET,
         sk_num: UNSET,
-        task_files: UNSET,
-        files_fdt: UNSET,
-        fdt_max_fds: UNSET,
-        fdt_fd: UNSET,
-        file_private_data: UNSET,
-        socket_type: UNSET,
-        socket_sk: UNSET,
-        socket_file: UNSET,
+        sk_dport: UNSET,
+        sk_daddr: UNSET,
+        sk_v6_daddr: UNSET,
+        skb_protocol: UNSET,
         sk_family: UNSET,
         _pad: [0; 2],
     };
@@ -289,7 +250,8 @@ pub struct KernelValues {
     /// `SKB_DROP_REASON_NO_SOCKET`
     pub drop_no_socket: u32,
     pub _pad: u32,
-    /// `TCP_SYN_SENT` and `TCP_CLOSE` from inet_sock_set_state's print fmt.
+    /// `TCP_SYN_SENT` and `TCP_CLOSE` from inet_sock_set_state's print fmt
+    /// (the raw tracepoint passes the states as numbers).
     pub tcp_syn_sent: u32,
     pub tcp_close: u32,
 }
@@ -304,14 +266,9 @@ pub struct KernelConfig {
     /// from 6.1 on), for resets sent on a full socket only. `skaddr` UNSET
     /// when the new layout is in use.
     pub send_reset_tuple: TupleLayout,
-    /// net:net_dev_queue `skbaddr` (reject detection).
-    pub dev_queue_skbaddr: u16,
-    pub _pad0: u16,
     pub receive_reset: TupleLayout,
     pub retransmit_synack: TupleLayout,
-    pub set_state: SetStateLayout,
     pub kfree_skb: KfreeSkbLayout,
-    pub sys_connect: SysConnectLayout,
     pub structs: StructOffsets,
     pub values: KernelValues,
     pub sources: Sources,
@@ -337,26 +294,9 @@ impl KernelConfig {
             daddr: UNSET,
         },
         send_reset_tuple: TupleLayout::UNSET,
-        dev_queue_skbaddr: UNSET,
-        _pad0: 0,
         receive_reset: TupleLayout::UNSET,
         retransmit_synack: TupleLayout::UNSET,
-        set_state: SetStateLayout {
-            tuple: TupleLayout::UNSET,
-            oldstate: UNSET,
-            newstate: UNSET,
-            protocol: UNSET,
-            _pad: 0,
-        },
-        kfree_skb: KfreeSkbLayout {
-            skbaddr: UNSET,
-            protocol: UNSET,
-            reason: UNSET,
-            rx_sk: UNSET,
-            location: UNSET,
-            _pad: [0; 3],
-        },
-        sys_connect: SysConnectLayout { fd: UNSET, uservaddr: UNSET, addrlen: UNSET, ret: UNSET },
+        kfree_skb: KfreeSkbLayout { reason: UNSET, rx_sk: UNSET, _pad: [0; 2] },
         structs: StructOffsets::UNSET,
         values: KernelValues {
             drop_netfilter: u32::MAX,

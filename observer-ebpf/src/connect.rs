@@ -1,122 +1,122 @@
-//! sock:inet_sock_set_state: outbound connects that fail.
+//! sock:inet_sock_set_state (raw tracepoint): outbound connects that fail.
 //!
 //! Why this hook: SYN_SENT -> CLOSE is where every failed connect ends
 //! (RST: ECONNREFUSED, retries exhausted: ETIMEDOUT, ICMP: EHOSTUNREACH...),
 //! with `sk_err` already set. That moment runs in softirq or timer context,
 //! so the connecting process is remembered at CLOSE -> SYN_SENT, which runs
-//! in connect() itself.
+//! in connect() itself, and kept until the socket closes: the reset hooks
+//! name the process of this host's own connections from it.
+//!
+//! Why a raw tracepoint: the hook fires for every state change of every
+//! TCP socket, several per healthy connection. A classic tracepoint first
+//! copies the tuple into a perf record for each of them; the raw one hands
+//! over the socket and the two states, so a change that is none of ours
+//! (most of them) costs two compares.
 //!
 //! A socket the application closes in SYN_SENT with `sk_err` 0 failed too
 //! when the kernel kept a soft ICMP error for it (see `kread::soft_error`):
 //! a non-blocking connect() on IPv4 loopback returns EINPROGRESS, the ICMP
 //! arrives while connect() still holds the socket, and the application
-//! learns EHOSTUNREACH from SO_ERROR, then closes. How this path and
-//! `sysconnect` report each failed connect() once is described there.
+//! learns EHOSTUNREACH from SO_ERROR, then closes. With neither error the
+//! socket was closed before an answer (not a failure), or connect() itself
+//! closed it (no local port): then `sysconnect` reports connect()'s errno.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use observer_common::{record::flags, Action, FailureRecord};
 
 use crate::{
     emit,
-    kread::{self, field, Res},
+    kread::{self, Res},
     maps::config,
-    sysconnect,
 };
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Owner {
     pub pid: u32,
-    /// The thread that called connect(): its pid_tgid is `pid << 32 | tid`.
-    pub tid: u32,
     pub comm: [u8; 16],
 }
 
-/// Connecting sockets (by address) -> the process that called connect().
+/// Sockets this host opened actively (by address) -> the process that
+/// called connect(), from SYN_SENT until the socket closes. Lets the reset
+/// hooks tell which side initiated a connection exactly; sockets opened
+/// before the daemon started default to inbound.
 #[map]
-static CONNECTING: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
-
-/// Established sockets this host opened (active open) -> their process.
-/// Lets the reset hooks tell which side initiated a connection exactly;
-/// sockets opened before the daemon started default to inbound.
-#[map]
-static ACTIVE: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 
 /// The process that opened `sk` actively, if this host initiated it.
 #[inline(always)]
 pub fn active_owner(sk: *const u8) -> Option<Owner> {
     // SAFETY: the value is copied out at once.
-    unsafe { ACTIVE.get(sk as u64) }.copied()
+    unsafe { OWNERS.get(sk as u64) }.copied()
 }
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     if try_inet_sock_set_state(&ctx).is_err() {
         emit::read_failed();
     }
     0
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
-    let protocol: u16 = field(ctx, config!(set_state.protocol))?;
+fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Res<()> {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let syn_sent = config!(values.tcp_syn_sent) as i32;
+    let close = config!(values.tcp_close) as i32;
+    // The cheapest test first: most changes of a healthy connection
+    // (ESTABLISHED -> FIN_WAIT1, ...) neither start nor end a connect nor
+    // close a socket.
+    if new != syn_sent && old != syn_sent && new != close {
+        return Ok(());
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let protocol: u16 = kread::at(sk, config!(structs.sk_protocol))?;
     if protocol != kread::IPPROTO_TCP as u16 {
         return Ok(());
     }
-    let old: i32 = field(ctx, config!(set_state.oldstate))?;
-    let new: i32 = field(ctx, config!(set_state.newstate))?;
-    let syn_sent = config!(values.tcp_syn_sent) as i32;
-    let closing = new == config!(values.tcp_close) as i32;
-    let skaddr: u64 = field(ctx, config!(set_state.tuple.skaddr))?;
-    let current = bpf_get_current_pid_tgid();
+    let skaddr = sk as u64;
     if new == syn_sent {
-        let owner =
-            Owner { pid: (current >> 32) as u32, tid: current as u32, comm: bpf_get_current_comm().unwrap_or([0; 16]) };
-        let _ = CONNECTING.insert(skaddr, owner, 0);
+        let current = bpf_get_current_pid_tgid();
+        let owner = Owner { pid: (current >> 32) as u32, comm: bpf_get_current_comm().unwrap_or([0; 16]) };
+        let _ = OWNERS.insert(skaddr, owner, 0);
         return Ok(());
-    }
-    if closing {
-        let _ = ACTIVE.remove(skaddr);
     }
     if old != syn_sent {
+        // An open connection closes: forget its owner (a miss for the
+        // sockets this host accepted).
+        let _ = OWNERS.remove(skaddr);
         return Ok(());
     }
-    let l = config!(set_state.tuple);
-    let t = kread::tuple(ctx, &l)?;
+    if new != close {
+        // SYN_SENT -> ESTABLISHED: success; the owner stays for the reset hooks.
+        return Ok(());
+    }
     // SAFETY: the value is copied out at once; the LRU map may evict it later.
-    let owner = unsafe { CONNECTING.get(skaddr) }.copied();
-    let _ = CONNECTING.remove(skaddr);
-    if !closing {
-        // SYN_SENT -> ESTABLISHED: success; remember who initiated.
-        if let Some(o) = owner {
-            let _ = ACTIVE.insert(skaddr, o, 0);
-        }
-        return Ok(());
-    }
-    let hard: i32 = kread::at(t.skaddr, config!(structs.sk_err))?;
+    let owner = unsafe { OWNERS.get(skaddr) }.copied();
+    let _ = OWNERS.remove(skaddr);
+    let hard: i32 = kread::at(sk, config!(structs.sk_err))?;
     let err = if hard > 0 {
         hard as u32
-    } else if sysconnect::in_connect(current, t.skaddr) {
-        // connect() closed the socket itself (no local port...): its
-        // return value is the errno, and sys_exit_connect reports it.
-        return Ok(());
     } else {
-        match kread::soft_error(t.skaddr) {
-            0 => return Ok(()), // closed by the application before an answer: not a failure.
+        match kread::soft_error(sk) {
+            // Closed by the application before an answer (not a failure),
+            // or by connect() itself, which `sysconnect` reports.
+            0 => return Ok(()),
             soft => soft,
         }
     };
-    // The thread that may still be inside connect() on this socket.
-    let caller = owner.map_or(current, |o| ((o.pid as u64) << 32) | o.tid as u64);
-    sysconnect::mark_handled(caller, t.skaddr);
+    let t = kread::sock_tuple(sk)?;
     let mut rec = FailureRecord::zeroed();
     rec.action = Action::ConnectFailed as u8;
     rec.family = t.family;
-    rec.netns = kread::sock_netns(t.skaddr)?;
+    rec.netns = kread::sock_netns(sk)?;
     rec.reason = err;
     rec.state = old as u8;
     rec.flags = flags::OUTBOUND;

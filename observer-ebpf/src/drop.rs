@@ -1,7 +1,8 @@
-//! skb:kfree_skb: packets the kernel drops, and why.
+//! skb:kfree_skb (raw tracepoint): packets the kernel drops, and why.
 //!
-//! This tracepoint fires for every freed packet on the host, so the cheap
-//! test comes first: the drop reason (5.17+) or, on kernels without
+//! This tracepoint fires for every freed packet on the host, so it is
+//! attached raw (no perf record is built for the packets that are none of
+//! ours) and the cheap test comes first: the drop reason (5.17+) or, on kernels without
 //! reasons, the dropping function (`location`, a return address, compared
 //! with text ranges the daemon took from /proc/kallsyms). Three drops are
 //! reported, each only where the daemon chose kfree_skb as its source
@@ -10,7 +11,7 @@
 //!   nf_hook_slow): a firewall rule dropped a connection attempt (inbound,
 //!   or this host's own SYN on the output path; freed in nft_do_chain on
 //!   kernels whose nf_tables frees drops itself); a reject if `reject` saw
-//!   the reject module answer it;
+//!   the reject rule answer this very packet;
 //! - the final ACK of a handshake found the listener's accept queue full
 //!   (TCP_LISTEN_OVERFLOW; the SYN-stage overflow is seen in `listener`);
 //! - no socket took a segment and the host answered with an RST (reason
@@ -18,7 +19,7 @@
 //!   tcp_send_reset stays silent without a socket): a SYN is a refused
 //!   connection, anything else a reset the server sent.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use observer_common::{
     config::{source, UNSET},
     record::{flags, inferred},
@@ -27,7 +28,7 @@ use observer_common::{
 
 use crate::{
     emit,
-    kread::{self, field, Res},
+    kread::{self, Res},
     maps::config,
 };
 
@@ -39,8 +40,16 @@ enum Drop {
     NoSocket,
 }
 
-#[tracepoint]
-pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+// TP_PROTO(struct sk_buff *skb, void *location[, enum skb_drop_reason
+// reason (5.17+)[, struct sock *rx_sk (6.12+)]]): the daemon tells which
+// arguments this kernel passes from the tracepoint's format.
+const ARG_SKB: usize = 0;
+const ARG_LOCATION: usize = 1;
+const ARG_REASON: usize = 2;
+const ARG_RX_SK: usize = 3;
+
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     if try_kfree_skb(&ctx).is_err() {
         emit::read_failed();
     }
@@ -50,10 +59,9 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
 /// Which reported drop this is, with the reason to record and the flag that
 /// says how to read it; None for every other freed packet.
 #[inline(always)]
-fn classify(ctx: &TracePointContext) -> Res<Option<(Drop, u32, u8)>> {
-    let reason_off = config!(kfree_skb.reason);
-    if reason_off != UNSET {
-        let reason: u32 = field(ctx, reason_off)?;
+fn classify(ctx: &RawTracePointContext) -> Res<Option<(Drop, u32, u8)>> {
+    if config!(kfree_skb.reason) != UNSET {
+        let reason: u32 = ctx.arg(ARG_REASON);
         let drop = if reason == config!(values.drop_netfilter)
             && config!(sources.netfilter) == source::NETFILTER_DROP_REASON
         {
@@ -71,7 +79,7 @@ fn classify(ctx: &TracePointContext) -> Res<Option<(Drop, u32, u8)>> {
         };
         return Ok(Some((drop, reason, flags::REASON_DROP)));
     }
-    let location: u64 = field(ctx, config!(kfree_skb.location))?;
+    let location: u64 = ctx.arg(ARG_LOCATION);
     if config!(sources.netfilter) == source::NETFILTER_DROP_LOCATION
         && (config!(sources.nf_hook_slow).contains(location) || config!(sources.nft_do_chain).contains(location))
     {
@@ -85,26 +93,25 @@ fn classify(ctx: &TracePointContext) -> Res<Option<(Drop, u32, u8)>> {
     Ok(None)
 }
 
-fn try_kfree_skb(ctx: &TracePointContext) -> Res<()> {
+fn try_kfree_skb(ctx: &RawTracePointContext) -> Res<()> {
     let Some((drop, reason, reason_flag)) = classify(ctx)? else {
         return Ok(());
     };
-    let skb: u64 = field(ctx, config!(kfree_skb.skbaddr))?;
-    let skb = skb as *const u8;
-    let protocol: u16 = field(ctx, config!(kfree_skb.protocol))?;
+    let skb: *const u8 = ctx.arg(ARG_SKB);
+    let protocol = kread::skb_protocol(skb)?;
     let Ok(p) = kread::skb_packet(skb, protocol) else {
         return Ok(()); // not TCP: not ours to report.
     };
     let syn = p.tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK) == kread::TCP_FLAG_SYN;
     let action = match drop {
         Drop::Netfilter if !syn => return Ok(()),
-        Drop::Netfilter if crate::reject::was_rejected(p.sport, p.dport) => Action::FirewallReject,
+        Drop::Netfilter if crate::reject::was_rejected(skb, p.sport, p.dport) => Action::FirewallReject,
         Drop::Netfilter => Action::FirewallDrop,
         Drop::ListenOverflow => Action::ListenOverflow,
         // An RST is never answered; anything else must have been, or the
         // kernel freed it for another cause (bad checksum, TIME_WAIT, ...).
         Drop::NoSocket if p.tcp_flags & kread::TCP_FLAG_RST != 0 => return Ok(()),
-        Drop::NoSocket if !crate::reject::answered_with_rst(p.sport, p.dport) => return Ok(()),
+        Drop::NoSocket if !crate::reject::answered_with_rst(skb, p.sport, p.dport) => return Ok(()),
         // Only an initial SYN is a refused connection; an RST for a segment
         // of an unknown connection (e.g. after a restart) is a reset sent.
         Drop::NoSocket if syn => Action::Refused,
@@ -127,7 +134,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Res<()> {
         rec.flags |= flags::OUTBOUND;
     }
     if drop == Drop::ListenOverflow {
-        let rx_sk: u64 = field(ctx, config!(kfree_skb.rx_sk)).unwrap_or(0);
+        let rx_sk: u64 = if config!(kfree_skb.rx_sk) != UNSET { ctx.arg(ARG_RX_SK) } else { 0 };
         if rx_sk != 0 {
             if let Ok((len, max)) = kread::listener_queue(rx_sk as *const u8) {
                 rec.queue_len = len;

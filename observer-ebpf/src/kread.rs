@@ -114,7 +114,7 @@ pub fn listener_syn_queue(sk: *const u8) -> Res<u32> {
 }
 
 pub const IPPROTO_TCP: u8 = 6;
-const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 
 /// An IP header: its version, the protocol it carries and where that starts.
@@ -258,45 +258,32 @@ pub fn tuple(ctx: &TracePointContext, l: &observer_common::config::TupleLayout) 
     Ok(t)
 }
 
-/// `SOCK_STREAM`: Linux ABI (socket(2)).
-const SOCK_STREAM: u16 = 1;
-
-/// The TCP socket (`struct sock *`) behind file descriptor `fd` of the
-/// current task; None when `fd` is not open or is not a TCP stream socket.
-///
-/// Walks task->files->fdt->fd[fd]->private_data with BTF offsets. A file is
-/// taken as a socket only if the `struct socket` its private_data points to
-/// points back at the same file, so another kind of file (whose
-/// private_data is something else) is never read as a socket.
+/// The 4-tuple of a socket, read from the socket itself (`sock_common`):
+/// what the classic tracepoints copy into their records, for the hooks
+/// that get only the socket (raw tracepoints, fentry/fexit).
 #[inline(always)]
-pub fn tcp_sock_of_fd(fd: u64) -> Option<*const u8> {
-    // SAFETY: bpf_get_current_task has no preconditions; the result is only
-    // used as a base address for bpf_probe_read_kernel.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
-    let files: *const u8 = at(task, config!(structs.task_files)).ok()?;
-    let fdt: *const u8 = at(files, config!(structs.files_fdt)).ok()?;
-    let max_fds: u32 = at(fdt, config!(structs.fdt_max_fds)).ok()?;
-    // A negative int fd arrives sign-extended: it is >= max_fds as well.
-    if fd >= max_fds as u64 {
-        return None;
+pub fn sock_tuple(sk: *const u8) -> Res<Tuple> {
+    let family: u16 = at(sk, config!(structs.sk_family))?;
+    let family = family as u8;
+    let (saddr, sport) = sock_local(sk, family)?;
+    let dport: u16 = at(sk, config!(structs.sk_dport))?;
+    let mut daddr = [0u8; 16];
+    if family == observer_common::record::AF_INET {
+        let d: [u8; 4] = at(sk, config!(structs.sk_daddr))?;
+        daddr[..4].copy_from_slice(&d);
+    } else if family == observer_common::record::AF_INET6 {
+        daddr = at(sk, config!(structs.sk_v6_daddr))?;
+    } else {
+        return Err(-1);
     }
-    let array: *const u8 = at(fdt, config!(structs.fdt_fd)).ok()?;
-    // SAFETY: pointer arithmetic only (fd < max_fds, the array's length);
-    // the read goes through bpf_probe_read_kernel.
-    let slot = unsafe { array.add(fd as usize * core::mem::size_of::<*const u8>()) };
-    let file: *const u8 = at(slot, 0).ok()?;
-    let socket: *const u8 = at(file, config!(structs.file_private_data)).ok()?;
-    let back: *const u8 = at(socket, config!(structs.socket_file)).ok()?;
-    if back.is_null() || back != file {
-        return None;
-    }
-    let ty: u16 = at(socket, config!(structs.socket_type)).ok()?;
-    if ty != SOCK_STREAM {
-        return None;
-    }
-    let sk: *const u8 = at(socket, config!(structs.socket_sk)).ok()?;
-    let protocol: u16 = at(sk, config!(structs.sk_protocol)).ok()?;
-    (protocol == IPPROTO_TCP as u16).then_some(sk)
+    Ok(Tuple { skaddr: sk, family, saddr, daddr, sport, dport: u16::from_be(dport) })
+}
+
+/// The ethertype of a packet (`skb->protocol`, host order).
+#[inline(always)]
+pub fn skb_protocol(skb: *const u8) -> Res<u16> {
+    let p: u16 = at(skb, config!(structs.skb_protocol))?;
+    Ok(u16::from_be(p))
 }
 
 /// The local address and port a socket has (zero when not bound yet).

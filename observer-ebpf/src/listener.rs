@@ -1,26 +1,22 @@
-//! cgroup_skb ingress on the cgroup v2 root: SYNs that reach a listener
-//! whose accept queue or SYN queue is already full, and (on kernels whose
-//! kfree_skb names no TCP_LISTEN_OVERFLOW) final ACKs that reach a listener
-//! whose accept queue is full.
+//! fentry tcp_conn_request and tcp_v4/v6_syn_recv_sock: SYNs that reach a
+//! listener whose accept queue or SYN queue is already full, and (on
+//! kernels whose kfree_skb names no TCP_LISTEN_OVERFLOW) final ACKs that
+//! reach a listener whose accept queue is full.
 //!
-//! Why this hook: at the SYN stage the kernel frees an overflowing SYN with
-//! consume_skb, so kfree_skb never sees it, and no tracepoint fires. A
-//! cgroup_skb ingress program runs for every packet delivered to a socket,
-//! listeners included, right before tcp_conn_request checks the queues, so
-//! it sees the same queue lengths the kernel is about to compare: the
-//! packets counted here as `ack_backlog > max_ack_backlog` matched the
-//! kernel's ListenOverflows exactly in our measurements. It must always
-//! return 1 (pass): it observes, never filters.
+//! Why these hooks: at the SYN stage the kernel frees an overflowing SYN
+//! with consume_skb, so kfree_skb never sees it, and no tracepoint fires.
+//! tcp_conn_request is where every SYN to a listener goes (IPv4 and IPv6),
+//! and its first tests are the two queue checks; reading the queues at its
+//! entry sees the lengths the kernel is about to compare, with the same
+//! ">". Likewise tcp_v4/v6_syn_recv_sock, called once per completed
+//! handshake, first tests whether the accept queue is full. Both run once
+//! per connection attempt, not once per packet: the cgroup_skb program they
+//! replace ran for every packet delivered to any socket.
 
-use aya_ebpf::{
-    bindings::{__sk_buff, bpf_sock},
-    helpers::generated::{bpf_sk_fullsock, bpf_skc_to_tcp_sock},
-    macros::cgroup_skb,
-    programs::SkBuffContext,
-};
+use aya_ebpf::{macros::fentry, programs::FEntryContext};
 use observer_common::{
     config::source,
-    record::{flags, inferred, AF_INET, AF_INET6},
+    record::{flags, inferred},
     Action, CountKey, FailureRecord,
 };
 
@@ -30,118 +26,95 @@ use crate::{
     maps::config,
 };
 
-/// `BPF_TCP_LISTEN`: bpf_sock's state uses the UAPI enum, stable ABI.
-const BPF_TCP_LISTEN: u32 = 10;
+/// `TCP_LISTEN` (include/net/tcp_states.h): stable since the first TCP.
+const TCP_LISTEN: u8 = 10;
 
-#[cgroup_skb(ingress)]
-pub fn listener_ingress(ctx: SkBuffContext) -> i32 {
-    if try_listener_ingress(&ctx).is_err() {
+/// `tcp_conn_request(rsk_ops, af_ops, struct sock *sk, struct sk_buff *skb)`.
+#[fentry(function = "tcp_conn_request")]
+pub fn tcp_conn_request(ctx: FEntryContext) -> i32 {
+    if try_conn_request(&ctx).is_err() {
         emit::read_failed();
     }
-    1
+    0
 }
 
-/// Reads `T` at `off` of the packet (from the IP header on): straight from
-/// the linear data when it is there (no helper call: this runs for every
-/// SYN of a flood), else through bpf_skb_load_bytes.
-#[inline(always)]
-fn pkt<T: Copy>(ctx: &SkBuffContext, off: usize) -> Res<T> {
-    let skb = ctx.skb.skb;
-    // SAFETY: ctx.skb is the program's context pointer; the verifier turns
-    // these field reads into the packet's data and data_end pointers.
-    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
-    if start + off + core::mem::size_of::<T>() <= end {
-        // SAFETY: the bounds check above keeps the read inside the packet's
-        // linear data, as the verifier requires for direct packet access.
-        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
-    }
-    ctx.load(off).map_err(|_| -1)
-}
-
-fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
-    let skb: *mut __sk_buff = ctx.skb.skb;
-    // SAFETY: ctx.skb is the program's context pointer, valid for the run.
-    let sk: *mut bpf_sock = unsafe { (*skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return Ok(());
-    }
-    // SAFETY: the helper accepts any socket pointer from the context and
-    // returns null when it is not a full socket.
-    let full = unsafe { bpf_sk_fullsock(sk) };
-    if full.is_null() {
-        return Ok(());
-    }
-    // SAFETY: non-null result of bpf_sk_fullsock, readable by the verifier's rules.
-    let (state, protocol, family) = unsafe { ((*full).state, (*full).protocol, (*full).family) };
-    if state != BPF_TCP_LISTEN || protocol != kread::IPPROTO_TCP as u32 {
-        return Ok(());
-    }
-    // Packet data starts at the IP header in cgroup_skb programs.
-    let (ip_len, saddr_off, daddr_off, alen) = if family == AF_INET as u32 {
-        // Two bytes, not one: a one-byte bounds check compiles to a form
-        // the verifier takes as no range at all.
-        let vihl = pkt::<[u8; 2]>(ctx, 0)?[0];
-        (((vihl & 0x0f) as usize) * 4, 12usize, 16usize, 4usize)
-    } else if family == AF_INET6 as u32 {
-        let next = pkt::<[u8; 2]>(ctx, 6)?[0];
-        if next != kread::IPPROTO_TCP {
-            return Ok(());
-        }
-        (40, 8, 24, 16)
-    } else {
-        return Ok(());
-    };
-    let tcp_flags = pkt::<[u8; 2]>(ctx, ip_len + 12)?[1];
-    let syn = tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK) == kread::TCP_FLAG_SYN;
-    // A segment with ACK and without SYN or RST that reaches a listener is
-    // the final ACK of a handshake (of a request sock, or a SYN cookie's):
-    // the kernel's syn_recv_sock is about to make the connection and checks
-    // the accept queue with the same ">". Watched here only on kernels
-    // whose kfree_skb has no TCP_LISTEN_OVERFLOW reason.
-    let final_ack = tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK | kread::TCP_FLAG_RST)
-        == kread::TCP_FLAG_ACK
-        && config!(sources.ack_overflow) == source::ACK_OVERFLOW_LISTENER;
-    if !syn && !final_ack {
-        return Ok(());
-    }
-    // SAFETY: the helper takes a socket pointer and returns null when the
-    // socket is not a TCP socket.
-    let tp = unsafe { bpf_skc_to_tcp_sock(full.cast()) } as *const u8;
-    if tp.is_null() {
-        return Ok(());
-    }
-    let (acceptq, max) = kread::listener_queue(tp)?;
-    // The kernel's own conditions: sk_acceptq_is_full() and
-    // inet_csk_reqsk_queue_is_full() compare with ">".
+fn try_conn_request(ctx: &FEntryContext) -> Res<()> {
+    let sk: *const u8 = ctx.arg(2);
+    let (acceptq, max) = kread::listener_queue(sk)?;
+    // The kernel's own conditions: inet_csk_reqsk_queue_is_full() and
+    // sk_acceptq_is_full() compare with ">". A healthy SYN leaves here.
     let (action, queue_len) = if acceptq > max {
         (Action::ListenOverflow, acceptq)
-    } else if final_ack {
-        return Ok(());
     } else {
-        let synq = kread::listener_syn_queue(tp)?;
+        let synq = kread::listener_syn_queue(sk)?;
         if synq <= max {
             return Ok(());
         }
         (Action::SynQueueOverflow, synq)
     };
-    // During a flood this runs for every SYN: count by the key first, and
-    // read the rest of the record only for the samples.
-    let mut dst_addr = [0u8; 16];
-    if alen == 4 {
-        let d: [u8; 4] = pkt(ctx, daddr_off)?;
-        dst_addr[..4].copy_from_slice(&d);
-    } else {
-        dst_addr = pkt(ctx, daddr_off)?;
+    let mut f = if action == Action::ListenOverflow { flags::SYN_STAGE } else { 0 };
+    f |= flags::HAS_LISTENER;
+    overflow(sk, ctx.arg(3), action, queue_len, max, f, 0)
+}
+
+/// `tcp_v4_syn_recv_sock(const struct sock *sk, struct sk_buff *skb, ...)`.
+#[fentry(function = "tcp_v4_syn_recv_sock")]
+pub fn tcp_v4_syn_recv_sock(ctx: FEntryContext) -> i32 {
+    if try_syn_recv_sock(&ctx, false).is_err() {
+        emit::read_failed();
     }
-    let ports: [u8; 4] = pkt(ctx, ip_len)?;
-    let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    let netns = kread::sock_netns(tp)?;
+    0
+}
+
+/// The IPv6 one calls the IPv4 one for a v4-mapped connection: that final
+/// ACK is counted there.
+#[fentry(function = "tcp_v6_syn_recv_sock")]
+pub fn tcp_v6_syn_recv_sock(ctx: FEntryContext) -> i32 {
+    if try_syn_recv_sock(&ctx, true).is_err() {
+        emit::read_failed();
+    }
+    0
+}
+
+fn try_syn_recv_sock(ctx: &FEntryContext, v6: bool) -> Res<()> {
+    if config!(sources.ack_overflow) != source::ACK_OVERFLOW_SYN_RECV_SOCK {
+        return Ok(());
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let (acceptq, max) = kread::listener_queue(sk)?;
+    if acceptq <= max {
+        return Ok(());
+    }
+    let skb: *const u8 = ctx.arg(1);
+    if v6 && kread::skb_protocol(skb)? == kread::ETH_P_IP {
+        return Ok(());
+    }
+    let f = flags::HAS_LISTENER | flags::REASON_INFERRED;
+    overflow(sk, skb, Action::ListenOverflow, acceptq, max, f, inferred::TCP_LISTEN_OVERFLOW)
+}
+
+/// Counts an overflow of listener `sk` by the packet `skb` (a SYN or a
+/// final ACK); builds the record only for the samples.
+#[inline(always)]
+fn overflow(
+    sk: *const u8,
+    skb: *const u8,
+    action: Action,
+    queue_len: u32,
+    backlog: u32,
+    rec_flags: u8,
+    reason: u32,
+) -> Res<()> {
+    let p = kread::skb_packet(skb, kread::skb_protocol(skb)?)?;
+    let netns = kread::sock_netns(sk)?;
+    // During a flood this runs for every SYN: count by the key first, and
+    // fill the rest of the record only for the samples.
     let key = CountKey {
         netns,
-        port: dst_port,
+        port: p.dport,
         action: action as u8,
-        family: family as u8,
-        addr: dst_addr,
+        family: p.family,
+        addr: p.daddr,
         class: 0,
         _pad: [0; 3],
     };
@@ -150,27 +123,17 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
     }
     let mut rec = FailureRecord::zeroed();
     rec.action = action as u8;
-    rec.family = family as u8;
-    rec.flags = flags::HAS_LISTENER;
-    if final_ack {
-        rec.flags |= flags::REASON_INFERRED;
-        rec.reason = inferred::TCP_LISTEN_OVERFLOW;
-    } else if action == Action::ListenOverflow {
-        rec.flags |= flags::SYN_STAGE;
-    }
-    rec.backlog = max;
+    rec.family = p.family;
+    rec.flags = rec_flags;
+    rec.reason = reason;
+    rec.backlog = backlog;
     rec.queue_len = queue_len;
-    rec.state = BPF_TCP_LISTEN as u8;
+    rec.state = TCP_LISTEN;
     rec.netns = netns;
-    rec.dst_addr = dst_addr;
-    rec.dst_port = dst_port;
-    rec.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-    if alen == 4 {
-        let s: [u8; 4] = pkt(ctx, saddr_off)?;
-        rec.src_addr[..4].copy_from_slice(&s);
-    } else {
-        rec.src_addr = pkt(ctx, saddr_off)?;
-    }
+    rec.dst_addr = p.daddr;
+    rec.dst_port = p.dport;
+    rec.src_addr = p.saddr;
+    rec.src_port = p.sport;
     emit::submit(rec);
     Ok(())
 }

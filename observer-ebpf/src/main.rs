@@ -11,6 +11,7 @@ mod drop;
 mod emit;
 mod kread;
 mod listener;
+mod listener_skb;
 mod maps;
 mod reject;
 mod reset;

@@ -1,38 +1,33 @@
-//! syscalls:sys_enter_connect / sys_exit_connect: TCP connect() calls that
-//! fail inside the syscall.
+//! fexit tcp_v4_connect / tcp_v6_connect / tcp_v{4,6}_pre_connect: TCP
+//! connect() calls that fail inside the call.
 //!
-//! Why this hook: some failures never end SYN_SENT -> CLOSE with `sk_err`
-//! set, so `inet_sock_set_state` cannot name them. No route (ENETUNREACH,
-//! IPv4 and IPv6) fails in the route lookup before the socket leaves CLOSE;
-//! no free local port (EADDRNOTAVAIL) or a cgroup/LSM refusal (EPERM,
-//! EACCES) closes it again with `sk_err` 0. connect()'s return value is
-//! their only record, and sys_exit is where it is visible.
+//! Why these hooks: some failures never end SYN_SENT -> CLOSE with `sk_err`
+//! set, so `connect` (inet_sock_set_state) cannot name them. No route
+//! (ENETUNREACH) fails in the route lookup before the socket leaves CLOSE;
+//! no free local port (EADDRNOTAVAIL) closes it again with `sk_err` 0; a
+//! cgroup connect program's refusal (EPERM) fails in pre_connect. The
+//! function's return value is their only record.
 //!
-//! Only TCP: the socket is found at sys_enter through the fd (task ->
-//! files -> fdtable -> file -> socket, BTF offsets) and kept only when it is
-//! SOCK_STREAM with protocol IPPROTO_TCP. A marker left by set_state would
-//! not do: the no-route failure happens before any state change, so a UDP
-//! and a TCP ENETUNREACH would look the same. Reading the socket also gives
-//! the namespace and the local address, and excludes MPTCP (whose TCP
-//! subflows set_state reports under another socket).
+//! Why fexit on TCP's own functions, not the connect() syscall: the
+//! syscall tracepoints put every syscall of every process on the slow
+//! path while they are attached, and fire for UDP and unix sockets too.
+//! These run only for TCP connects, with the socket and the kernel's copy
+//! of the address as arguments, and the cheapest test first: a call that
+//! succeeded leaves at once.
 //!
-//! Exactly one event per failed connect(), whichever program sees it:
-//! - set_state emits whenever it has an errno (`sk_err`, or the soft ICMP
-//!   error of a socket the application closes). If the connecting thread is
-//!   then still inside connect() on that socket, set_state marks the call
-//!   `handled` and sys_exit emits nothing (a blocking connect() whose RST or
-//!   ICMP ended the handshake returns the same errno set_state reported).
-//! - set_state with no errno inside connect() emits nothing: connect()
-//!   closed the socket itself, its return value is the errno, and sys_exit
-//!   reports it.
-//! - EINPROGRESS and friends are not failures: a non-blocking connect's
-//!   outcome arrives later through set_state.
+//! Exactly one event per failed connect(): these functions fail before the
+//! SYN is sent, so `connect` never reports the same call (a handshake's
+//! failure arrives after they returned 0). tcp_v6_connect hands a
+//! v4-mapped address to tcp_v4_connect and returns its result, so the
+//! IPv4 hook leaves IPv6 sockets to the IPv6 one.
+//!
+//! Not seen: a refusal by an LSM (SELinux's name_connect), which fails in
+//! security_socket_connect before TCP is reached.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::{map, tracepoint},
-    maps::LruHashMap,
-    programs::TracePointContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::fexit,
+    programs::FExitContext,
 };
 use observer_common::{
     record::{flags, AF_INET, AF_INET6},
@@ -41,139 +36,83 @@ use observer_common::{
 
 use crate::{
     emit,
-    kread::{self, field, Res},
-    maps::config,
+    kread::{self, Res},
 };
 
-/// One connect() in progress on a TCP socket.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Call {
-    sk: u64,
-    uservaddr: u64,
-    addrlen: u64,
-    /// set_state already reported this call's failure.
-    handled: u64,
+// (struct sock *sk, struct sockaddr *uaddr, int addr_len) -> int, for all four.
+const ARG_SK: usize = 0;
+const ARG_UADDR: usize = 1;
+const ARG_ADDR_LEN: usize = 2;
+const RET: usize = 3;
+
+#[fexit(function = "tcp_v4_connect")]
+pub fn tcp_v4_connect(ctx: FExitContext) -> i32 {
+    returned(&ctx, AF_INET)
 }
 
-/// Threads inside connect() on a TCP socket, by pid_tgid. LRU: an exit the
-/// program never sees (attached mid-call) must not leak an entry.
-#[map]
-static CALLS: LruHashMap<u64, Call> = LruHashMap::with_max_entries(16384, 0);
+#[fexit(function = "tcp_v6_connect")]
+pub fn tcp_v6_connect(ctx: FExitContext) -> i32 {
+    returned(&ctx, AF_INET6)
+}
 
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    if try_enter(&ctx).is_err() {
+#[fexit(function = "tcp_v4_pre_connect")]
+pub fn tcp_v4_pre_connect(ctx: FExitContext) -> i32 {
+    returned(&ctx, AF_INET)
+}
+
+#[fexit(function = "tcp_v6_pre_connect")]
+pub fn tcp_v6_pre_connect(ctx: FExitContext) -> i32 {
+    returned(&ctx, AF_INET6)
+}
+
+#[inline(always)]
+fn returned(ctx: &FExitContext, family: u8) -> i32 {
+    let ret: i32 = ctx.arg(RET);
+    if ret >= 0 {
+        return 0;
+    }
+    if try_failed(ctx, family, ret.unsigned_abs()).is_err() {
         emit::read_failed();
     }
     0
-}
-
-fn try_enter(ctx: &TracePointContext) -> Res<()> {
-    let fd: u64 = field(ctx, config!(sys_connect.fd))?;
-    let Some(sk) = kread::tcp_sock_of_fd(fd) else {
-        return Ok(()); // UDP, unix, not a socket: not ours.
-    };
-    let call = Call {
-        sk: sk as u64,
-        uservaddr: field(ctx, config!(sys_connect.uservaddr))?,
-        addrlen: field(ctx, config!(sys_connect.addrlen))?,
-        handled: 0,
-    };
-    let _ = CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
-    Ok(())
-}
-
-/// Whether thread `pid_tgid` is inside connect() on socket `sk`.
-#[inline(always)]
-pub fn in_connect(pid_tgid: u64, sk: *const u8) -> bool {
-    // SAFETY: the value is copied out at once.
-    unsafe { CALLS.get(pid_tgid) }.is_some_and(|c| c.sk == sk as u64)
-}
-
-/// set_state reported the failure of `sk`: if thread `pid_tgid` is still
-/// inside connect() on it, sys_exit must not report it again.
-#[inline(always)]
-pub fn mark_handled(pid_tgid: u64, sk: *const u8) {
-    if let Some(c) = CALLS.get_ptr_mut(pid_tgid) {
-        // SAFETY: a valid map value while the program runs; a plain store
-        // of one field, read by sys_exit after connect() returned.
-        unsafe {
-            if (*c).sk == sk as u64 {
-                (*c).handled = 1;
-            }
-        }
-    }
 }
 
 // Linux errno values (ABI).
 const EINTR: u32 = 4;
-const EBADF: u32 = 9;
 const EAGAIN: u32 = 11;
 const EFAULT: u32 = 14;
 const EINVAL: u32 = 22;
-const ENOTSOCK: u32 = 88;
-const EPROTOTYPE: u32 = 91;
 const EAFNOSUPPORT: u32 = 97;
 const EISCONN: u32 = 106;
 const EALREADY: u32 = 114;
 const EINPROGRESS: u32 = 115;
-/// ERESTARTSYS and the other restart codes start here: kernel-internal,
-/// the tracepoint sees them before signal handling turns them into EINTR.
+/// ERESTARTSYS and the other restart codes start here: kernel-internal.
 const KERNEL_INTERNAL: u32 = 512;
 
-/// Whether connect() returning `-err` means the connection attempt failed.
-/// Not failures: a connect still in progress or already done (EINPROGRESS,
-/// EALREADY, EISCONN), an interrupted or retried call (EINTR, EAGAIN, the
-/// restart codes), and calls that never attempted a connection because the
-/// caller passed a bad fd, address or family.
+/// Whether `-err` means the connection attempt failed. Not failures: a
+/// connect still in progress or already done, an interrupted or retried
+/// call, and calls that never attempted a connection because the caller
+/// passed a bad address or family.
 #[inline(always)]
 fn is_connect_failure(err: u32) -> bool {
-    !matches!(
-        err,
-        EINPROGRESS
-            | EALREADY
-            | EISCONN
-            | EINTR
-            | EAGAIN
-            | EBADF
-            | ENOTSOCK
-            | EFAULT
-            | EINVAL
-            | EPROTOTYPE
-            | EAFNOSUPPORT
-    ) && err < KERNEL_INTERNAL
+    !matches!(err, EINPROGRESS | EALREADY | EISCONN | EINTR | EAGAIN | EFAULT | EINVAL | EAFNOSUPPORT)
+        && err < KERNEL_INTERNAL
 }
 
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    if try_exit(&ctx).is_err() {
-        emit::read_failed();
-    }
-    0
-}
-
-fn try_exit(ctx: &TracePointContext) -> Res<()> {
-    let id = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out at once.
-    let Some(call) = (unsafe { CALLS.get(id) }).copied() else {
-        return Ok(());
-    };
-    let _ = CALLS.remove(id);
-    let ret: i64 = field(ctx, config!(sys_connect.ret))?;
-    if ret >= 0 || call.handled != 0 {
-        return Ok(());
-    }
-    let err = ret.unsigned_abs().min(u32::MAX as u64) as u32;
+fn try_failed(ctx: &FExitContext, hook_family: u8, err: u32) -> Res<()> {
     if !is_connect_failure(err) {
         return Ok(());
     }
-    // The sockaddr is read now, not at sys_enter: connect() has copied it,
-    // so the page is resident and the user read cannot fault.
-    let Some((family, dst_addr, dst_port)) = user_sockaddr(call.uservaddr, call.addrlen)? else {
+    let sk: *const u8 = ctx.arg(ARG_SK);
+    let sk_family = kread::at::<u16>(sk, crate::maps::config!(structs.sk_family))? as u8;
+    if hook_family == AF_INET && sk_family == AF_INET6 {
+        return Ok(()); // v4-mapped: tcp_v6_connect's hook reports it.
+    }
+    let len: i32 = ctx.arg(ARG_ADDR_LEN);
+    let Some((family, dst_addr, dst_port)) = sockaddr(ctx.arg(ARG_UADDR), len)? else {
         return Ok(()); // AF_UNSPEC (disconnect) or a family TCP does not connect to.
     };
-    let sk = call.sk as *const u8;
+    let id = bpf_get_current_pid_tgid();
     let mut rec = FailureRecord::zeroed();
     rec.action = Action::ConnectFailed as u8;
     rec.family = family;
@@ -184,35 +123,34 @@ fn try_exit(ctx: &TracePointContext) -> Res<()> {
     rec.pid = (id >> 32) as u32;
     rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     // Whatever the socket is bound to; zero when it never got an address.
-    (rec.src_addr, rec.src_port) = kread::sock_local(sk, family).unwrap_or(([0; 16], 0));
+    (rec.src_addr, rec.src_port) = kread::sock_local(sk, sk_family).unwrap_or(([0; 16], 0));
     rec.dst_addr = dst_addr;
     rec.dst_port = dst_port;
-    // Outbound: the key is the remote endpoint that failed, as in set_state.
+    // Outbound: the key is the remote endpoint that failed, as in `connect`.
     let key = emit::key_of(&rec, dst_port, dst_addr);
     emit::record(&key, rec);
     Ok(())
 }
 
-/// Family, address and port of connect()'s `struct sockaddr` argument, or
-/// None for a family other than IPv4/IPv6 or a too short `addrlen`.
+/// Family, address and port of the kernel's copy of connect()'s `struct
+/// sockaddr`, or None for another family or a too short `addr_len`.
 #[inline(always)]
-fn user_sockaddr(ptr: u64, len: u64) -> Res<Option<(u8, [u8; 16], u16)>> {
-    let p = ptr as *const u8;
-    // SAFETY: bpf_probe_read_user validates the user address and fails
-    // instead of faulting.
-    let family: u16 = unsafe { bpf_probe_read_user(p.cast::<u16>()) }?;
+fn sockaddr(p: *const u8, len: i32) -> Res<Option<(u8, [u8; 16], u16)>> {
+    // SAFETY: bpf_probe_read_kernel validates the address and fails
+    // instead of faulting; `p` is the function's sockaddr argument.
+    let family: u16 = unsafe { bpf_probe_read_kernel(p.cast::<u16>()) }?;
     let mut addr = [0u8; 16];
     // sockaddr_in: family, big-endian port, 4-byte address (16 bytes in all).
     if family == AF_INET as u16 && len >= 16 {
         // SAFETY: as above; 8 bytes lie within the 16 the caller passed.
-        let b: [u8; 8] = unsafe { bpf_probe_read_user(p.cast::<[u8; 8]>()) }?;
+        let b: [u8; 8] = unsafe { bpf_probe_read_kernel(p.cast::<[u8; 8]>()) }?;
         addr[..4].copy_from_slice(&b[4..8]);
         return Ok(Some((AF_INET, addr, u16::from_be_bytes([b[2], b[3]]))));
     }
     // sockaddr_in6: family, port, flowinfo, 16-byte address (24 of 28 bytes).
     if family == AF_INET6 as u16 && len >= 24 {
-        // SAFETY: as above; 24 bytes lie within the addrlen the caller passed.
-        let b: [u8; 24] = unsafe { bpf_probe_read_user(p.cast::<[u8; 24]>()) }?;
+        // SAFETY: as above; 24 bytes lie within the addr_len the caller passed.
+        let b: [u8; 24] = unsafe { bpf_probe_read_kernel(p.cast::<[u8; 24]>()) }?;
         addr.copy_from_slice(&b[8..24]);
         return Ok(Some((AF_INET6, addr, u16::from_be_bytes([b[2], b[3]]))));
     }

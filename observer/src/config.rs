@@ -178,8 +178,6 @@ pub struct KernelPaths {
     /// Kernel symbols, to resolve kfree_skb's drop location on kernels
     /// without drop reasons (before 5.17).
     pub kallsyms: PathBuf,
-    /// cgroup v2 root for the listener hook; empty: found automatically.
-    pub cgroup_root: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -217,7 +215,6 @@ impl Default for KernelPaths {
             tracefs: PathBuf::from(crate::kernel::tracefs::DEFAULT_ROOT),
             btf: PathBuf::from(crate::kernel::btf::DEFAULT_VMLINUX),
             kallsyms: PathBuf::from(crate::kernel::kallsyms::DEFAULT_KALLSYMS),
-            cgroup_root: PathBuf::new(),
         }
     }
 }
@@ -415,9 +412,6 @@ btf = {btf:?}
 # Kernel symbols: on kernels without drop reasons (before 5.17) they tell
 # which function dropped a packet (refused connections, firewall drops).
 kallsyms = {kallsyms:?}
-# cgroup v2 root for the listener (accept queue) hook; empty: found
-# automatically (/sys/fs/cgroup or /sys/fs/cgroup/unified).
-cgroup_root = ""
 
 {outputs}"#,
             json_log = d.daemon.json_log.display().to_string(),

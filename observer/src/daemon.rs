@@ -10,7 +10,7 @@
 //! Before anything is loaded: one daemon per host (`instance`), and a
 //! state directory that can hold the history, or a clear refusal.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::maps::RingBuf;
@@ -39,20 +39,6 @@ use crate::{
     },
     stats::Stats,
 };
-
-/// The cgroup v2 root: unified at /sys/fs/cgroup, or the hybrid layout's
-/// /sys/fs/cgroup/unified.
-pub fn cgroup_root(config: &Config) -> PathBuf {
-    if !config.kernel.cgroup_root.as_os_str().is_empty() {
-        return config.kernel.cgroup_root.clone();
-    }
-    for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        if std::path::Path::new(candidate).join("cgroup.controllers").exists() {
-            return PathBuf::from(candidate);
-        }
-    }
-    PathBuf::from("/sys/fs/cgroup/unified")
-}
 
 pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     privilege::check()?;
@@ -89,6 +75,7 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
         match &s.state {
             HookState::Attached => info!("hook {} attached", s.hook),
             HookState::Disabled => info!("hook {} disabled by configuration", s.hook),
+            HookState::NotNeeded(why) => info!("hook {} not attached: {why}", s.hook),
             HookState::Unavailable(why) => {
                 warn!("hook {} unavailable: {why}; not visible: {}", s.hook, s.hook.spec().loses)
             }

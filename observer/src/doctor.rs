@@ -3,13 +3,10 @@
 //! It does what `run` does up to attaching (so the answer is the real one,
 //! verifier included), prints the table, and detaches again.
 
-use std::path::Path;
-
 use serde::Serialize;
 
 use crate::{
     config::Config,
-    daemon::cgroup_root,
     hooks::{self, HookState, HookStatus},
     kernel::{layout::KernelLayout, sources::Source, tracefs::Tracefs},
     privilege,
@@ -20,7 +17,6 @@ pub struct Report {
     pub kernel: String,
     pub btf: String,
     pub tracefs: String,
-    pub cgroup_v2_root: String,
     pub privileges: String,
     pub hooks: Vec<HookStatus>,
     /// Per failure: the source in use on this kernel, or what is lost.
@@ -71,7 +67,6 @@ pub fn report(config: &Config) -> Report {
     };
     let layout =
         KernelLayout::discover(&tracefs, &config.kernel.btf, &config.kernel.kallsyms, config.capture.samples_per_sec);
-    let cgroup = cgroup_root(config);
     let privileges = match privilege::check() {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.to_string(),
@@ -100,11 +95,6 @@ pub fn report(config: &Config) -> Report {
             Err(e) => e.clone(),
         },
         tracefs: tracefs_state,
-        cgroup_v2_root: if Path::new(&cgroup).join("cgroup.controllers").exists() {
-            cgroup.display().to_string()
-        } else {
-            format!("{}: not a cgroup v2 mount", cgroup.display())
-        },
         privileges,
         hooks,
         failures,
@@ -126,7 +116,6 @@ pub fn print(report: &Report) {
     println!("kernel       {}", report.kernel);
     println!("BTF          {}", report.btf);
     println!("tracefs      {}", report.tracefs);
-    println!("cgroup v2    {}", report.cgroup_v2_root);
     println!("privileges   {}", report.privileges);
     println!();
     println!("{:<24} {:<12} SEES / WHY NOT", "HOOK", "STATUS");
@@ -136,6 +125,7 @@ pub fn print(report: &Report) {
         match &s.state {
             HookState::Attached => println!("{:<24} {:<12} {}", s.hook.name(), "ok", actions),
             HookState::Disabled => println!("{:<24} {:<12} not seen: {}", s.hook.name(), "disabled", spec.loses),
+            HookState::NotNeeded(why) => println!("{:<24} {:<12} {why}", s.hook.name(), "not needed"),
             HookState::Unavailable(why) => {
                 println!("{:<24} {:<12} {why}", s.hook.name(), "unavailable");
                 println!("{:<24} {:<12} not seen: {}", "", "", spec.loses);

@@ -4,11 +4,11 @@
 //! A hook that does not load or attach never stops the daemon: its status
 //! says why, and the rest keep reporting.
 
-use std::{fmt, path::Path};
+use std::fmt;
 
 use aya::{
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
-    Ebpf, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 use observer_common::{Action, KernelConfig};
 use serde::Serialize;
@@ -21,21 +21,28 @@ pub enum Hook {
     TcpReceiveReset,
     TcpRetransmitSynack,
     InetSockSetState,
-    SysConnect,
+    TcpConnect,
     KfreeSkb,
-    NetDevQueue,
+    Answers,
+    TcpConnRequest,
+    SynRecvSock,
     ListenerIngress,
+    NetDevQueue,
 }
 
+/// How a hook's programs are attached. Several programs that only work
+/// together are attached as one hook: if one fails, those already attached
+/// are detached again (half a hook would only fill its maps).
 pub enum Attach {
-    Tracepoint {
-        category: &'static str,
-        name: &'static str,
-    },
-    /// Several programs that only work together: each `(program, category,
-    /// name)` is attached, and if one fails, those already attached are
-    /// detached again.
-    Tracepoints(&'static [(&'static str, &'static str, &'static str)]),
+    /// A classic tracepoint (`category:name`); the program has the hook's name.
+    Tracepoint { category: &'static str, name: &'static str },
+    /// A raw tracepoint: no perf record is built for the program (the
+    /// hooks that fire on the healthy path); the program has the hook's name.
+    RawTracepoint { name: &'static str },
+    /// fentry programs, `(program, kernel function)`.
+    FEntry(&'static [(&'static str, &'static str)]),
+    /// fexit programs, `(program, kernel function)`.
+    FExit(&'static [(&'static str, &'static str)]),
     /// cgroup_skb ingress on the cgroup v2 root.
     CgroupIngress,
 }
@@ -49,6 +56,10 @@ pub struct HookSpec {
     pub actions: &'static [Action],
     /// What an admin cannot see while this hook is down.
     pub loses: &'static str,
+    /// The hooks this one stands in for where the kernel cannot run them
+    /// (fentry needs BPF trampolines): attached only then, because it
+    /// costs the healthy path what they do not.
+    pub fallback_for: &'static [Hook],
 }
 
 pub const HOOKS: &[HookSpec] = &[
@@ -58,6 +69,7 @@ pub const HOOKS: &[HookSpec] = &[
         attach: Attach::Tracepoint { category: "tcp", name: "tcp_send_reset" },
         actions: &[Action::Refused, Action::ResetSent],
         loses: "resets this host sends on open connections (and refused connections where it is their source)",
+        fallback_for: &[],
     },
     HookSpec {
         hook: Hook::TcpReceiveReset,
@@ -65,6 +77,7 @@ pub const HOOKS: &[HookSpec] = &[
         attach: Attach::Tracepoint { category: "tcp", name: "tcp_receive_reset" },
         actions: &[Action::ResetReceived],
         loses: "resets received from peers",
+        fallback_for: &[],
     },
     HookSpec {
         hook: Hook::TcpRetransmitSynack,
@@ -72,44 +85,85 @@ pub const HOOKS: &[HookSpec] = &[
         attach: Attach::Tracepoint { category: "tcp", name: "tcp_retransmit_synack" },
         actions: &[Action::SynackRetransmit],
         loses: "handshakes whose final ACK never arrives",
+        fallback_for: &[],
     },
     HookSpec {
         hook: Hook::InetSockSetState,
         program: "inet_sock_set_state",
-        attach: Attach::Tracepoint { category: "sock", name: "inet_sock_set_state" },
+        attach: Attach::RawTracepoint { name: "inet_sock_set_state" },
         actions: &[Action::ConnectFailed],
         loses: "outbound connect() failures and the connecting process",
+        fallback_for: &[],
     },
     HookSpec {
-        hook: Hook::SysConnect,
-        program: "sys_connect",
-        attach: Attach::Tracepoints(&[
-            ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-            ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+        hook: Hook::TcpConnect,
+        program: "tcp_connect",
+        attach: Attach::FExit(&[
+            ("tcp_v4_connect", "tcp_v4_connect"),
+            ("tcp_v6_connect", "tcp_v6_connect"),
+            ("tcp_v4_pre_connect", "tcp_v4_pre_connect"),
+            ("tcp_v6_pre_connect", "tcp_v6_pre_connect"),
         ]),
         actions: &[Action::ConnectFailed],
-        loses: "connect() calls that fail inside the syscall: no route (ENETUNREACH), no local port, policy refusals",
+        loses: "connect() calls that fail inside the call: no route (ENETUNREACH), no local port, cgroup refusals",
+        fallback_for: &[],
     },
     HookSpec {
         hook: Hook::KfreeSkb,
         program: "kfree_skb",
-        attach: Attach::Tracepoint { category: "skb", name: "kfree_skb" },
+        attach: Attach::RawTracepoint { name: "kfree_skb" },
         actions: &[Action::FirewallDrop, Action::FirewallReject, Action::ListenOverflow],
         loses: "firewall drops/rejects of SYNs and accept-queue overflows at the final ACK",
+        fallback_for: &[],
     },
     HookSpec {
-        hook: Hook::NetDevQueue,
-        program: "net_dev_queue",
-        attach: Attach::Tracepoint { category: "net", name: "net_dev_queue" },
+        hook: Hook::Answers,
+        program: "answers",
+        attach: Attach::FEntry(&[
+            ("nf_ct_attach", "nf_ct_attach"),
+            ("icmp_send", "__icmp_send"),
+            ("icmp6_send", "icmp6_send"),
+            ("tcp_v4_send_reset", "tcp_v4_send_reset"),
+            ("tcp_v6_send_reset", "tcp_v6_send_reset"),
+        ]),
         actions: &[Action::FirewallReject],
-        loses: "firewall rejects (reported as firewall_drop instead)",
+        loses: "firewall rejects (reported as firewall_drop instead) and, where kfree_skb is their source, refused connections",
+        fallback_for: &[],
+    },
+    HookSpec {
+        hook: Hook::TcpConnRequest,
+        program: "tcp_conn_request",
+        attach: Attach::FEntry(&[("tcp_conn_request", "tcp_conn_request")]),
+        actions: &[Action::ListenOverflow, Action::SynQueueOverflow],
+        loses: "accept-queue overflows at the SYN stage and SYN-queue overflows",
+        fallback_for: &[],
+    },
+    HookSpec {
+        hook: Hook::SynRecvSock,
+        program: "syn_recv_sock",
+        attach: Attach::FEntry(&[
+            ("tcp_v4_syn_recv_sock", "tcp_v4_syn_recv_sock"),
+            ("tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"),
+        ]),
+        actions: &[Action::ListenOverflow],
+        loses: "accept-queue overflows at the final ACK, on kernels whose kfree_skb has no TCP_LISTEN_OVERFLOW reason",
+        fallback_for: &[],
     },
     HookSpec {
         hook: Hook::ListenerIngress,
         program: "listener_ingress",
         attach: Attach::CgroupIngress,
         actions: &[Action::ListenOverflow, Action::SynQueueOverflow],
-        loses: "accept-queue overflows at the SYN stage and SYN-queue overflows",
+        loses: "queue overflows tcp_conn_request or syn_recv_sock would have seen",
+        fallback_for: &[Hook::TcpConnRequest, Hook::SynRecvSock],
+    },
+    HookSpec {
+        hook: Hook::NetDevQueue,
+        program: "net_dev_queue",
+        attach: Attach::RawTracepoint { name: "net_dev_queue" },
+        actions: &[Action::FirewallReject],
+        loses: "firewall rejects (reported as firewall_drop instead) and, where kfree_skb is their source, refused connections",
+        fallback_for: &[Hook::Answers],
     },
 ];
 
@@ -134,7 +188,7 @@ pub fn program_names() -> Vec<&'static str> {
     HOOKS
         .iter()
         .flat_map(|s| match &s.attach {
-            Attach::Tracepoints(parts) => parts.iter().map(|(program, _, _)| *program).collect(),
+            Attach::FEntry(parts) | Attach::FExit(parts) => parts.iter().map(|(program, _)| *program).collect(),
             _ => vec![s.program],
         })
         .collect()
@@ -152,6 +206,9 @@ pub enum HookState {
     Attached,
     /// Turned off in the configuration.
     Disabled,
+    /// Not attached because another source sees its failures on this
+    /// kernel (it would only cost): why.
+    NotNeeded(String),
     /// The kernel lacks what the hook needs, or load/attach failed.
     Unavailable(String),
 }
@@ -179,7 +236,8 @@ pub struct LoadOptions<'a> {
     pub disabled: &'a [Hook],
     /// Hooks the kernel cannot support (from layout discovery), with why.
     pub unavailable: &'a std::collections::BTreeMap<Hook, String>,
-    pub cgroup_root: &'a Path,
+    /// Hooks whose failures another source sees on this kernel, with why.
+    pub not_needed: &'a std::collections::BTreeMap<Hook, String>,
 }
 
 /// Loads and attaches with the daemon's configuration and the discovered layout.
@@ -188,7 +246,6 @@ pub fn load_configured(
     layout: &crate::kernel::layout::KernelLayout,
 ) -> Result<(Ebpf, Vec<HookStatus>), aya::EbpfError> {
     let disabled = config.disabled_hooks().unwrap_or_default();
-    let cgroup = crate::daemon::cgroup_root(config);
     let kernel = KernelConfig { samples_total_per_sec: config.capture.samples_total_per_sec, ..layout.config };
     load(&LoadOptions {
         config: &kernel,
@@ -196,7 +253,7 @@ pub fn load_configured(
         counter_entries: config.capture.counter_entries,
         disabled: &disabled,
         unavailable: &layout.unavailable,
-        cgroup_root: &cgroup,
+        not_needed: &layout.not_needed,
     })
 }
 
@@ -209,14 +266,21 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Ebpf, Vec<HookStatus>), aya::Ebpf
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .map_max_entries("COUNTERS", opts.counter_entries)
         .load(OBJECT)?;
-    let mut statuses = Vec::new();
+    // fentry/fexit programs are loaded against the kernel's BTF; without
+    // it only they fail (each hook says so).
+    let btf = Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"));
+    let mut statuses: Vec<HookStatus> = Vec::new();
     for spec in HOOKS {
         let state = if opts.disabled.contains(&spec.hook) {
             HookState::Disabled
         } else if let Some(why) = opts.unavailable.get(&spec.hook) {
             HookState::Unavailable(why.clone())
+        } else if let Some(why) = opts.not_needed.get(&spec.hook) {
+            HookState::NotNeeded(why.clone())
+        } else if let Some(why) = fallback_not_needed(spec, &statuses) {
+            HookState::NotNeeded(why)
         } else {
-            match attach(&mut ebpf, spec, opts.cgroup_root) {
+            match set_roles(&mut ebpf, spec, &statuses).and_then(|()| attach(&mut ebpf, spec, btf.as_ref())) {
                 Ok(()) => HookState::Attached,
                 Err(why) => HookState::Unavailable(why),
             }
@@ -226,51 +290,127 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Ebpf, Vec<HookStatus>), aya::Ebpf
     Ok((ebpf, statuses))
 }
 
-fn tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut TracePoint, String> {
-    let p = ebpf.program_mut(program).ok_or_else(|| format!("program {program} is not in the eBPF object"))?;
+/// Whether a primary hook still needs its fallback: it should run (not
+/// turned off, not made unnecessary) and could not.
+fn needs_fallback(primary: Hook, statuses: &[HookStatus]) -> bool {
+    statuses.iter().find(|s| s.hook == primary).is_some_and(|s| matches!(s.state, HookState::Unavailable(_)))
+}
+
+/// Why a fallback hook stays detached: every hook it stands in for runs
+/// (or is off). None for a hook that is nobody's fallback.
+fn fallback_not_needed(spec: &HookSpec, statuses: &[HookStatus]) -> Option<String> {
+    if spec.fallback_for.is_empty() || spec.fallback_for.iter().any(|h| needs_fallback(*h, statuses)) {
+        return None;
+    }
+    let names: Vec<&str> = spec.fallback_for.iter().map(|h| h.name()).collect();
+    Some(format!("stands in for {} where the kernel cannot run it; not needed here", names.join(" and ")))
+}
+
+/// Tells the cgroup listener program which overflows it counts: those
+/// of the fentry hooks it stands in for.
+fn set_roles(ebpf: &mut Ebpf, spec: &HookSpec, statuses: &[HookStatus]) -> Result<(), String> {
+    if spec.hook != Hook::ListenerIngress {
+        return Ok(());
+    }
+    let map = ebpf.map_mut("LISTENER_ROLES").ok_or("map LISTENER_ROLES is not in the eBPF object")?;
+    let mut roles: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map).map_err(|e| e.to_string())?;
+    for (i, primary) in [Hook::TcpConnRequest, Hook::SynRecvSock].into_iter().enumerate() {
+        let value = needs_fallback(primary, statuses) as u32;
+        roles.set(i as u32, value, 0).map_err(|e| format!("setting the listener's roles: {e}"))?;
+    }
+    Ok(())
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| format!("program {name} is not in the eBPF object"))?;
     p.try_into().map_err(|e| format!("{e}"))
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &HookSpec, cgroup_root: &Path) -> Result<(), String> {
+fn attach(ebpf: &mut Ebpf, spec: &HookSpec, btf: Result<&Btf, &String>) -> Result<(), String> {
     match spec.attach {
         Attach::Tracepoint { category, name } => {
-            let tp = tracepoint(ebpf, spec.program)?;
+            let tp: &mut TracePoint = program(ebpf, spec.program)?;
             tp.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
             tp.attach(category, name).map_err(|e| format!("attach {category}:{name}: {}", error_chain(&e)))?;
         }
-        Attach::Tracepoints(parts) => {
-            let mut attached = Vec::new();
-            for &(program, category, name) in parts {
-                let step = tracepoint(ebpf, program).and_then(|tp| {
-                    tp.load().map_err(|e| format!("load {program}: {}", error_chain(&e)))?;
-                    tp.attach(category, name).map_err(|e| format!("attach {category}:{name}: {}", error_chain(&e)))
-                });
-                match step {
-                    Ok(link) => attached.push((program, link)),
-                    Err(why) => {
-                        // Half a hook would only fill its maps: take it down whole.
-                        for (program, link) in attached {
-                            if let Ok(tp) = tracepoint(ebpf, program) {
-                                let _ = tp.detach(link);
-                            }
-                        }
-                        return Err(why);
-                    }
-                }
-            }
+        Attach::RawTracepoint { name } => {
+            let tp: &mut RawTracePoint = program(ebpf, spec.program)?;
+            tp.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
+            tp.attach(name).map_err(|e| format!("attach raw tracepoint {name}: {}", error_chain(&e)))?;
+        }
+        Attach::FEntry(parts) => {
+            let btf = btf.map_err(|e| e.clone())?;
+            attach_all(ebpf, parts, |ebpf, program_name, function| {
+                let p: &mut FEntry = program(ebpf, program_name)?;
+                p.load(function, btf).map_err(|e| format!("load fentry {function}: {}", error_chain(&e)))?;
+                let link = p.attach().map_err(|e| format!("attach fentry {function}: {}", error_chain(&e)))?;
+                Ok(Detach::FEntry(link))
+            })?;
         }
         Attach::CgroupIngress => {
-            let program = ebpf
-                .program_mut(spec.program)
-                .ok_or_else(|| format!("program {} is not in the eBPF object", spec.program))?;
-            let prog: &mut CgroupSkb = program.try_into().map_err(|e| format!("{e}"))?;
+            let prog: &mut CgroupSkb = program(ebpf, spec.program)?;
             prog.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
-            let cgroup = std::fs::File::open(cgroup_root)
-                .map_err(|e| format!("open cgroup v2 root {}: {e}", cgroup_root.display()))?;
+            let root = cgroup_root();
+            let cgroup =
+                std::fs::File::open(&root).map_err(|e| format!("open cgroup v2 root {}: {e}", root.display()))?;
             // Single: AllowMultiple through bpf_link returns EINVAL on the
-            // kernels this was built on (see DESIGN.md section 4).
+            // kernels this was built on.
             prog.attach(&cgroup, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
-                .map_err(|e| format!("attach to {}: {}", cgroup_root.display(), error_chain(&e)))?;
+                .map_err(|e| format!("attach to {}: {}", root.display(), error_chain(&e)))?;
+        }
+        Attach::FExit(parts) => {
+            let btf = btf.map_err(|e| e.clone())?;
+            attach_all(ebpf, parts, |ebpf, program_name, function| {
+                let p: &mut FExit = program(ebpf, program_name)?;
+                p.load(function, btf).map_err(|e| format!("load fexit {function}: {}", error_chain(&e)))?;
+                let link = p.attach().map_err(|e| format!("attach fexit {function}: {}", error_chain(&e)))?;
+                Ok(Detach::FExit(link))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup v2 root: unified at /sys/fs/cgroup, or the hybrid layout's
+/// /sys/fs/cgroup/unified.
+fn cgroup_root() -> std::path::PathBuf {
+    for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if std::path::Path::new(candidate).join("cgroup.controllers").exists() {
+            return candidate.into();
+        }
+    }
+    "/sys/fs/cgroup/unified".into()
+}
+
+/// An attached part of a hook, to take down again if a later part fails.
+enum Detach {
+    FEntry(aya::programs::fentry::FEntryLinkId),
+    FExit(aya::programs::fexit::FExitLinkId),
+}
+
+/// Attaches every `(program, function)`; if one fails, detaches those
+/// already attached and returns why.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    parts: &[(&'static str, &'static str)],
+    mut one: impl FnMut(&mut Ebpf, &str, &str) -> Result<Detach, String>,
+) -> Result<(), String> {
+    let mut attached = Vec::new();
+    for &(program_name, function) in parts {
+        match one(ebpf, program_name, function) {
+            Ok(link) => attached.push((program_name, link)),
+            Err(why) => {
+                for (name, link) in attached {
+                    let _ = match link {
+                        Detach::FEntry(l) => program::<FEntry>(ebpf, name).map(|p| p.detach(l).is_ok()),
+                        Detach::FExit(l) => program::<FExit>(ebpf, name).map(|p| p.detach(l).is_ok()),
+                    };
+                }
+                return Err(why);
+            }
         }
     }
     Ok(())
@@ -302,10 +442,13 @@ mod tests {
             Hook::TcpReceiveReset,
             Hook::TcpRetransmitSynack,
             Hook::InetSockSetState,
-            Hook::SysConnect,
+            Hook::TcpConnect,
             Hook::KfreeSkb,
-            Hook::NetDevQueue,
+            Hook::Answers,
+            Hook::TcpConnRequest,
+            Hook::SynRecvSock,
             Hook::ListenerIngress,
+            Hook::NetDevQueue,
         ];
         for h in all {
             assert_eq!(h.spec().hook, h);

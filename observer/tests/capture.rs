@@ -367,6 +367,12 @@ fn connect_failed_ehostunreach_when_the_application_reads_so_error() {
 #[test]
 fn connect_failed_enetunreach_without_a_route_ipv4() {
     let daemon = Daemon::start();
+    if let Some(why) = daemon.hook_unavailable("tcp_connect") {
+        eprintln!(
+            "skipped: only hook tcp_connect sees connect() failing inside the call, and here it is unavailable: {why}"
+        );
+        return;
+    }
     let ns = Netns::new("cfnoroute");
     let (r, comm) = ns.run(|| {
         let r = connect_blocking(sa("0.0.0.0", 48103), sa("203.0.113.1", 80)).err().and_then(|e| e.raw_os_error());
@@ -389,6 +395,12 @@ fn connect_failed_enetunreach_without_a_route_ipv4() {
 #[test]
 fn connect_failed_enetunreach_without_a_route_ipv6() {
     let daemon = Daemon::start();
+    if let Some(why) = daemon.hook_unavailable("tcp_connect") {
+        eprintln!(
+            "skipped: only hook tcp_connect sees connect() failing inside the call, and here it is unavailable: {why}"
+        );
+        return;
+    }
     let ns = Netns::new("cfnoroute6");
     let r = ns.run(|| {
         let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
@@ -410,6 +422,12 @@ fn connect_failed_enetunreach_without_a_route_ipv6() {
 #[test]
 fn udp_connect_without_a_route_is_not_reported() {
     let daemon = Daemon::start();
+    if let Some(why) = daemon.hook_unavailable("tcp_connect") {
+        eprintln!(
+            "skipped: only hook tcp_connect sees connect() failing inside the call, and here it is unavailable: {why}"
+        );
+        return;
+    }
     let ns = Netns::new("cfudp");
     let (udp, tcp) = ns.run(|| {
         let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();

@@ -67,10 +67,7 @@ impl Healthy {
     fn wait_listening(&self, port: u16) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let up = self
-                .ns
-                .run(move || TcpStream::connect(("127.0.0.1", port)).is_ok())
-                .map_err(|e| anyhow!(e))?;
+            let up = self.ns.run(move || TcpStream::connect(("127.0.0.1", port)).is_ok()).map_err(|e| anyhow!(e))?;
             if up {
                 return Ok(());
             }
@@ -163,9 +160,7 @@ fn nginx_config(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Waits for `child` with wait4, for its CPU time (utime + stime, in
 /// microseconds rather than /proc's clock ticks), collecting its output.
-fn wait_with_rusage(
-    mut child: Child,
-) -> anyhow::Result<(std::process::ExitStatus, Duration, String, String)> {
+fn wait_with_rusage(mut child: Child) -> anyhow::Result<(std::process::ExitStatus, Duration, String, String)> {
     use std::io::Read as _;
     let mut stdout = child.stdout.take().context("client stdout")?;
     let mut stderr = child.stderr.take().context("client stderr")?;

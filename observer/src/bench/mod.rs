@@ -555,7 +555,8 @@ fn summarize(runs: &[Run]) -> (Vec<PeerSummary>, Vec<ObserverSummary>) {
             .map(|r| (r.round, r))
             .collect();
         for peer in Peer::ALL {
-            let mine: Vec<&Run> = runs.iter().filter(|r| r.workload == workload && r.peer == peer && !r.profile).collect();
+            let mine: Vec<&Run> =
+                runs.iter().filter(|r| r.workload == workload && r.peer == peer && !r.profile).collect();
             if mine.is_empty() {
                 continue;
             }
@@ -708,10 +709,7 @@ fn print(report: &Report) {
         let (runs, per) = (format!("runs/{unit}"), format!("ns/{unit}"));
         println!("  {:<24} {:>14} {:>10} {:>14}", "program", runs, "ns/run", per);
         for h in p.hooks.iter().filter(|h| h.runs_per_unit > 0.0) {
-            println!(
-                "  {:<24} {:>14.2} {:>10.0} {:>14.0}",
-                h.program, h.runs_per_unit, h.ns_per_run, h.ns_per_unit
-            );
+            println!("  {:<24} {:>14.2} {:>10.0} {:>14.0}", h.program, h.runs_per_unit, h.ns_per_run, h.ns_per_unit);
         }
     }
     println!("\ntargets");

@@ -1,6 +1,6 @@
 //! What runs next to the load: nothing (the baseline), the observer (this
-//! very binary, `observer run`), the observer without its `net_dev_queue`
-//! hook, or a bpftrace one-liner counting the same tracepoints.
+//! very binary, `observer run`), or a bpftrace one-liner counting the same
+//! tracepoints.
 
 use std::{
     io::{BufRead, BufReader},
@@ -13,16 +13,17 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
-/// The tracepoints the observer's hooks use; the bpftrace peer counts them.
+/// The tracepoints the observer's hooks use where the kernel has no BPF
+/// trampolines (as here), attached the same way (classic or raw); the
+/// bpftrace peer counts them. (bpftrace cannot attach cgroup_skb programs,
+/// so the peer has no listener hook.)
 pub const TRACEPOINTS: &[&str] = &[
-    "tcp:tcp_send_reset",
-    "tcp:tcp_receive_reset",
-    "tcp:tcp_retransmit_synack",
-    "sock:inet_sock_set_state",
-    "syscalls:sys_enter_connect",
-    "syscalls:sys_exit_connect",
-    "skb:kfree_skb",
-    "net:net_dev_queue",
+    "tracepoint:tcp:tcp_send_reset",
+    "tracepoint:tcp:tcp_receive_reset",
+    "tracepoint:tcp:tcp_retransmit_synack",
+    "rawtracepoint:inet_sock_set_state",
+    "rawtracepoint:kfree_skb",
+    "rawtracepoint:net_dev_queue",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
@@ -30,34 +31,29 @@ pub const TRACEPOINTS: &[&str] = &[
 pub enum Peer {
     Baseline,
     Observer,
-    /// The observer with `capture.disable_hooks = ["net_dev_queue"]`: that
-    /// hook runs for every transmitted packet, this shows what it costs.
-    ObserverNoNetDevQueue,
     Bpftrace,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 4] = [Peer::Baseline, Peer::Observer, Peer::ObserverNoNetDevQueue, Peer::Bpftrace];
+    pub const ALL: [Peer; 3] = [Peer::Baseline, Peer::Observer, Peer::Bpftrace];
 
     pub fn name(self) -> &'static str {
         match self {
             Peer::Baseline => "baseline",
             Peer::Observer => "observer",
-            Peer::ObserverNoNetDevQueue => "observer -net_dev_queue",
             Peer::Bpftrace => "bpftrace",
         }
     }
 
     pub fn is_observer(self) -> bool {
-        matches!(self, Peer::Observer | Peer::ObserverNoNetDevQueue)
+        matches!(self, Peer::Observer)
     }
 }
 
 /// The bpftrace program: one per-CPU count per tracepoint, as cheap as a
 /// tracing peer gets.
 pub fn bpftrace_program() -> String {
-    let probes: Vec<String> = TRACEPOINTS.iter().map(|t| format!("tracepoint:{t}")).collect();
-    format!("{} {{ @[probe] = count(); }}", probes.join(", "))
+    format!("{} {{ @[probe] = count(); }}", TRACEPOINTS.join(", "))
 }
 
 /// User + system CPU time of a running process, all its threads.
@@ -118,12 +114,10 @@ impl Running {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (child, ready, log) = match peer {
             Peer::Baseline => return Ok(Running { peer, child: None, log: None, stderr, reader: None }),
-            Peer::Observer | Peer::ObserverNoNetDevQueue => {
+            Peer::Observer => {
                 let exe = std::env::current_exe().context("finding the observer binary")?;
                 let config = dir.join("observer.toml");
-                let disabled = if peer == Peer::ObserverNoNetDevQueue { "\"net_dev_queue\"" } else { "" };
-                std::fs::write(&config, format!("[capture]\ndisable_hooks = [{disabled}]\n"))
-                    .with_context(|| format!("writing {}", config.display()))?;
+                std::fs::write(&config, "[capture]\n").with_context(|| format!("writing {}", config.display()))?;
                 let log = dir.join("events.ndjson");
                 let _ = std::fs::remove_file(&log);
                 let _ = std::fs::remove_dir_all(dir.join("state"));
@@ -238,7 +232,7 @@ impl Running {
         lines
             .iter()
             .filter_map(|l| {
-                let (probe, n) = l.strip_prefix("@[tracepoint:")?.split_once("]: ")?;
+                let (probe, n) = l.strip_prefix("@[")?.split_once("]: ")?;
                 Some((probe.to_owned(), n.trim().parse().ok()?))
             })
             .collect()

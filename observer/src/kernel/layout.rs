@@ -33,6 +33,8 @@ pub struct KernelLayout {
     pub names: NameTables,
     /// Hooks that cannot work on this kernel, and why.
     pub unavailable: BTreeMap<Hook, String>,
+    /// Hooks another source makes unnecessary on this kernel, and why.
+    pub not_needed: BTreeMap<Hook, String>,
     /// Whether BTF was readable (doctor).
     pub btf: Result<(), String>,
     /// Where each failure is read from on this kernel (doctor, start-up log).
@@ -99,7 +101,7 @@ impl KernelLayout {
         let btf_status = btf.as_ref().map(|_| ()).map_err(|e| e.to_string());
         {
             let s = &mut config.structs;
-            let fields: [(&'static str, &mut u16, &str, &[&str]); 29] = [
+            let fields: [(&'static str, &mut u16, &str, &[&str]); 25] = [
                 ("skb_sk", &mut s.skb_sk, "sk_buff", &["sk"]),
                 ("skb_dev", &mut s.skb_dev, "sk_buff", &["dev"]),
                 ("skb_head", &mut s.skb_head, "sk_buff", &["head"]),
@@ -120,14 +122,10 @@ impl KernelLayout {
                 ("sk_rcv_saddr", &mut s.sk_rcv_saddr, "sock", &["__sk_common", "skc_rcv_saddr"]),
                 ("sk_v6_rcv_saddr", &mut s.sk_v6_rcv_saddr, "sock", &["__sk_common", "skc_v6_rcv_saddr"]),
                 ("sk_num", &mut s.sk_num, "sock", &["__sk_common", "skc_num"]),
-                ("task_files", &mut s.task_files, "task_struct", &["files"]),
-                ("files_fdt", &mut s.files_fdt, "files_struct", &["fdt"]),
-                ("fdt_max_fds", &mut s.fdt_max_fds, "fdtable", &["max_fds"]),
-                ("fdt_fd", &mut s.fdt_fd, "fdtable", &["fd"]),
-                ("file_private_data", &mut s.file_private_data, "file", &["private_data"]),
-                ("socket_type", &mut s.socket_type, "socket", &["type"]),
-                ("socket_sk", &mut s.socket_sk, "socket", &["sk"]),
-                ("socket_file", &mut s.socket_file, "socket", &["file"]),
+                ("sk_dport", &mut s.sk_dport, "sock", &["__sk_common", "skc_dport"]),
+                ("sk_daddr", &mut s.sk_daddr, "sock", &["__sk_common", "skc_daddr"]),
+                ("sk_v6_daddr", &mut s.sk_v6_daddr, "sock", &["__sk_common", "skc_v6_daddr"]),
+                ("skb_protocol", &mut s.skb_protocol, "sk_buff", &["protocol"]),
                 ("sk_family", &mut s.sk_family, "sock", &["__sk_common", "skc_family"]),
             ];
             for (name, slot, root, path) in fields {
@@ -212,16 +210,30 @@ impl KernelLayout {
                 config.values.tcp_syn_sent = syn_sent;
                 config.values.tcp_close = close;
             }
-            config.set_state.tuple = tuple(f)?;
-            config.set_state.oldstate = off(f, "oldstate", 4)?;
-            config.set_state.newstate = off(f, "newstate", 4)?;
-            config.set_state.protocol = off(f, "protocol", 2)?;
+            // Attached raw: the program reads the states from the
+            // arguments and the tuple from the socket.
             match found {
                 (Some(_), Some(_)) => Ok(()),
                 _ => Err("no TCP state table in inet_sock_set_state's print fmt".into()),
             }
         });
-        need(Hook::InetSockSetState, &["sk_net", "net_ns_inum", "sk_err"], &mut unavailable);
+        need(
+            Hook::InetSockSetState,
+            &[
+                "sk_net",
+                "net_ns_inum",
+                "sk_err",
+                "sk_protocol",
+                "sk_family",
+                "sk_num",
+                "sk_dport",
+                "sk_rcv_saddr",
+                "sk_daddr",
+                "sk_v6_rcv_saddr",
+                "sk_v6_daddr",
+            ],
+            &mut unavailable,
+        );
         // The queued ICMP error's `struct sock_extended_err` sits in the
         // skb's control block, at `sock_exterr_skb.ee`. Optional: without
         // it (and the other soft-error offsets) only connects the
@@ -234,82 +246,76 @@ impl KernelLayout {
             Err(_) => observer_common::config::UNSET,
         };
 
-        with_format(tracefs, ("syscalls", "sys_enter_connect"), Hook::SysConnect, &mut unavailable, |f| {
-            // Every syscall argument has an 8-byte slot, whatever its C type.
-            config.sys_connect.fd = off(f, "fd", 8)?;
-            config.sys_connect.uservaddr = off(f, "uservaddr", 8)?;
-            config.sys_connect.addrlen = off(f, "addrlen", 8)?;
-            Ok(())
-        });
-        with_format(tracefs, ("syscalls", "sys_exit_connect"), Hook::SysConnect, &mut unavailable, |f| {
-            config.sys_connect.ret = off(f, "ret", 8)?;
-            Ok(())
-        });
         need(
-            Hook::SysConnect,
-            &[
-                "task_files",
-                "files_fdt",
-                "fdt_max_fds",
-                "fdt_fd",
-                "file_private_data",
-                "socket_type",
-                "socket_sk",
-                "socket_file",
-                "sk_protocol",
-                "sk_net",
-                "net_ns_inum",
-                "sk_rcv_saddr",
-                "sk_v6_rcv_saddr",
-                "sk_num",
-            ],
+            Hook::TcpConnect,
+            &["sk_family", "sk_net", "net_ns_inum", "sk_state", "sk_rcv_saddr", "sk_v6_rcv_saddr", "sk_num"],
             &mut unavailable,
         );
 
         let mut drop_reasons = false;
         with_format(tracefs, ("skb", "kfree_skb"), Hook::KfreeSkb, &mut unavailable, |f| {
+            // Attached raw: the format says which arguments the kernel
+            // passes (the fields are the arguments), not where they are.
             let l = &mut config.kfree_skb;
-            l.skbaddr = off(f, "skbaddr", 8)?;
-            l.protocol = off(f, "protocol", 2)?;
+            off(f, "skbaddr", 8)?;
+            off(f, "location", 8)?;
             // Optional: only used to attribute final-ACK overflows to the listener.
-            l.rx_sk = off(f, "rx_sk", 8).unwrap_or(UNSET);
+            l.rx_sk = if off(f, "rx_sk", 8).is_ok() { 0 } else { UNSET };
             if f.offset("reason", None).is_ok() {
-                l.reason = off(f, "reason", 4)?;
+                l.reason = 0;
                 let t = f.table_with("NO_SOCKET").ok_or("kfree_skb has a reason field but no reason table")?;
                 config.values.drop_netfilter = value_of(&t, "NETFILTER_DROP").unwrap_or(u32::MAX);
                 config.values.drop_listen_overflow = value_of(&t, "TCP_LISTEN_OVERFLOW").unwrap_or(u32::MAX);
                 config.values.drop_no_socket = value_of(&t, "NO_SOCKET").unwrap_or(u32::MAX);
                 names.drop_reasons = t;
                 drop_reasons = true;
-            } else {
-                // Before 5.17: the dropping function is the only cause given.
-                l.location = off(f, "location", 8)?;
             }
             Ok(())
         });
         need(
             Hook::KfreeSkb,
-            &["skb_dev", "dev_nd_net", "net_ns_inum", "skb_head", "skb_network_header", "skb_sk", "sk_net"],
+            &[
+                "skb_dev",
+                "dev_nd_net",
+                "net_ns_inum",
+                "skb_head",
+                "skb_network_header",
+                "skb_sk",
+                "sk_net",
+                "skb_protocol",
+            ],
             &mut unavailable,
         );
 
-        with_format(tracefs, ("net", "net_dev_queue"), Hook::NetDevQueue, &mut unavailable, |f| {
-            config.dev_queue_skbaddr = off(f, "skbaddr", 8)?;
-            Ok(())
-        });
-        need(Hook::NetDevQueue, &["skb_head", "skb_network_header"], &mut unavailable);
         if unavailable.contains_key(&Hook::KfreeSkb) {
-            // The reject marker is only read by kfree_skb.
-            unavailable
-                .entry(Hook::NetDevQueue)
-                .or_insert_with(|| "needs the kfree_skb hook, which is unavailable".into());
+            // The answer markers are only read by kfree_skb.
+            for hook in [Hook::Answers, Hook::NetDevQueue] {
+                unavailable.entry(hook).or_insert_with(|| "needs the kfree_skb hook, which is unavailable".into());
+            }
         }
-
+        need(Hook::NetDevQueue, &["skb_head", "skb_network_header"], &mut unavailable);
         need(
             Hook::ListenerIngress,
             &["sk_ack_backlog", "sk_max_ack_backlog", "icsk_syn_qlen", "sk_net", "net_ns_inum"],
             &mut unavailable,
         );
+
+        for hook in [Hook::TcpConnRequest, Hook::SynRecvSock] {
+            need(
+                hook,
+                &[
+                    "sk_ack_backlog",
+                    "sk_max_ack_backlog",
+                    "icsk_syn_qlen",
+                    "sk_net",
+                    "net_ns_inum",
+                    "skb_protocol",
+                    "skb_head",
+                    "skb_network_header",
+                ],
+                &mut unavailable,
+            );
+        }
 
         let functions = if drop_reasons || unavailable.contains_key(&Hook::KfreeSkb) {
             None
@@ -328,6 +334,13 @@ impl KernelLayout {
             }
         }
 
-        KernelLayout { config, names, unavailable, btf: btf_status, coverage: choice.coverage }
+        let mut not_needed = BTreeMap::new();
+        if config.sources.ack_overflow != observer_common::config::source::ACK_OVERFLOW_SYN_RECV_SOCK {
+            not_needed.insert(
+                Hook::SynRecvSock,
+                "kfree_skb's drop reason TCP_LISTEN_OVERFLOW reports final-ACK overflows on this kernel".to_owned(),
+            );
+        }
+        KernelLayout { config, names, unavailable, not_needed, btf: btf_status, coverage: choice.coverage }
     }
 }

@@ -29,15 +29,15 @@ pub enum Source {
     SendResetOnSocket,
     ReceiveReset,
     RetransmitSynack,
-    ListenerSyn,
+    ConnRequest,
     DropReasonListenOverflow,
-    ListenerFinalAck,
+    SynRecvSock,
     DropReasonNetfilter,
     DropLocationNfHookSlow,
     RejectAnswerDropReason,
     RejectAnswerDropLocation,
     SetState,
-    SysConnect,
+    TcpConnect,
 }
 
 impl Source {
@@ -46,31 +46,31 @@ impl Source {
         match self {
             Source::SendResetNoSocket => "tcp_send_reset without a socket (6.10+ layout, with the RST reason)",
             Source::DropReasonNoSocket => {
-                "kfree_skb drop reason NO_SOCKET, confirmed by the RST the host sent (net_dev_queue)"
+                "kfree_skb drop reason NO_SOCKET, confirmed by the RST the host sent (tcp_v4/v6_send_reset)"
             }
             Source::DropLocationTcpRcv => {
-                "kfree_skb from tcp_v4_rcv/tcp_v6_rcv (no drop reasons here), confirmed by the RST the host sent"
+                "kfree_skb from tcp_v4_rcv/tcp_v6_rcv (no drop reasons here), confirmed by the RST the host sent (tcp_v4/v6_send_reset)"
             }
             Source::SendResetOnSocket => "tcp_send_reset on the connection's socket",
             Source::ReceiveReset => "tcp_receive_reset",
             Source::RetransmitSynack => "tcp_retransmit_synack",
-            Source::ListenerSyn => "cgroup_skb ingress: a SYN reaching a listener whose queue is full",
+            Source::ConnRequest => "tcp_conn_request: a SYN reaching a listener whose queue is full",
             Source::DropReasonListenOverflow => "kfree_skb drop reason TCP_LISTEN_OVERFLOW",
-            Source::ListenerFinalAck => {
-                "cgroup_skb ingress: a final ACK reaching a listener whose accept queue is full (no TCP_LISTEN_OVERFLOW reason here)"
+            Source::SynRecvSock => {
+                "tcp_v4/v6_syn_recv_sock: a final ACK reaching a listener whose accept queue is full (no TCP_LISTEN_OVERFLOW reason here)"
             }
             Source::DropReasonNetfilter => "kfree_skb drop reason NETFILTER_DROP of a SYN",
             Source::DropLocationNfHookSlow => {
                 "kfree_skb of a SYN from nf_hook_slow or nft_do_chain (no drop reasons here)"
             }
             Source::RejectAnswerDropReason => {
-                "kfree_skb drop reason NETFILTER_DROP of a SYN the reject module answered (net_dev_queue)"
+                "kfree_skb drop reason NETFILTER_DROP of a SYN the reject rule answered (nf_ct_attach, __icmp_send, icmp6_send)"
             }
             Source::RejectAnswerDropLocation => {
-                "kfree_skb of a SYN from nf_hook_slow or nft_do_chain that the reject module answered (net_dev_queue)"
+                "kfree_skb of a SYN from nf_hook_slow or nft_do_chain that the reject rule answered (nf_ct_attach, __icmp_send, icmp6_send)"
             }
             Source::SetState => "inet_sock_set_state SYN_SENT -> CLOSE, with the socket's error",
-            Source::SysConnect => "sys_enter_connect/sys_exit_connect",
+            Source::TcpConnect => "the return value of tcp_v4/v6_connect and tcp_v4/v6_pre_connect",
         }
     }
 
@@ -81,15 +81,16 @@ impl Source {
             Source::DropReasonNoSocket
             | Source::DropLocationTcpRcv
             | Source::RejectAnswerDropReason
-            | Source::RejectAnswerDropLocation => &[Hook::KfreeSkb, Hook::NetDevQueue],
+            | Source::RejectAnswerDropLocation => &[Hook::KfreeSkb, Hook::Answers],
             Source::ReceiveReset => &[Hook::TcpReceiveReset],
             Source::RetransmitSynack => &[Hook::TcpRetransmitSynack],
-            Source::ListenerSyn | Source::ListenerFinalAck => &[Hook::ListenerIngress],
+            Source::ConnRequest => &[Hook::TcpConnRequest],
+            Source::SynRecvSock => &[Hook::SynRecvSock],
             Source::DropReasonListenOverflow | Source::DropReasonNetfilter | Source::DropLocationNfHookSlow => {
                 &[Hook::KfreeSkb]
             }
             Source::SetState => &[Hook::InetSockSetState],
-            Source::SysConnect => &[Hook::SysConnect],
+            Source::TcpConnect => &[Hook::TcpConnect],
         }
     }
 }
@@ -193,8 +194,8 @@ pub fn choose(config: &mut KernelConfig, offer: &Offer<'_>) -> Choice {
         s.ack_overflow = source::ACK_OVERFLOW_DROP_REASON;
         Source::DropReasonListenOverflow
     } else {
-        s.ack_overflow = source::ACK_OVERFLOW_LISTENER;
-        Source::ListenerFinalAck
+        s.ack_overflow = source::ACK_OVERFLOW_SYN_RECV_SOCK;
+        Source::SynRecvSock
     };
 
     let coverage = vec![
@@ -202,14 +203,14 @@ pub fn choose(config: &mut KernelConfig, offer: &Offer<'_>) -> Choice {
         Coverage { action: Action::ResetSent, case: "on an open connection", source: Ok(Source::SendResetOnSocket) },
         Coverage { action: Action::ResetSent, case: "segment of an unknown connection", source: no_socket },
         Coverage { action: Action::ResetReceived, case: "", source: Ok(Source::ReceiveReset) },
-        Coverage { action: Action::ListenOverflow, case: "at the SYN", source: Ok(Source::ListenerSyn) },
+        Coverage { action: Action::ListenOverflow, case: "at the SYN", source: Ok(Source::ConnRequest) },
         Coverage { action: Action::ListenOverflow, case: "at the final ACK", source: Ok(ack_overflow) },
-        Coverage { action: Action::SynQueueOverflow, case: "", source: Ok(Source::ListenerSyn) },
+        Coverage { action: Action::SynQueueOverflow, case: "", source: Ok(Source::ConnRequest) },
         Coverage { action: Action::FirewallDrop, case: "", source: netfilter },
         Coverage { action: Action::FirewallReject, case: "", source: reject },
         Coverage { action: Action::SynackRetransmit, case: "", source: Ok(Source::RetransmitSynack) },
         Coverage { action: Action::ConnectFailed, case: "after the SYN was sent", source: Ok(Source::SetState) },
-        Coverage { action: Action::ConnectFailed, case: "inside connect()", source: Ok(Source::SysConnect) },
+        Coverage { action: Action::ConnectFailed, case: "inside connect()", source: Ok(Source::TcpConnect) },
     ];
     Choice { coverage, drop_source_missing }
 }
@@ -224,9 +225,17 @@ impl Coverage {
         };
         source.hooks().iter().find_map(|hook| {
             let status = statuses.iter().find(|s| s.hook == *hook)?;
+            // A fallback that stands in for the hook sees what it would.
+            let fallback = crate::hooks::HOOKS.iter().find(|spec| spec.fallback_for.contains(hook));
+            if let Some(f) = fallback {
+                if statuses.iter().any(|s| s.hook == f.hook && s.attached()) {
+                    return None;
+                }
+            }
             match &status.state {
                 crate::hooks::HookState::Attached => None,
                 crate::hooks::HookState::Disabled => Some(format!("hook {hook} is disabled")),
+                crate::hooks::HookState::NotNeeded(_) => None,
                 crate::hooks::HookState::Unavailable(why) => Some(format!("hook {hook} is unavailable: {why}")),
             }
         })

@@ -178,6 +178,13 @@ impl Daemon {
         self.child.as_ref().expect("child").id()
     }
 
+    /// Why the daemon said `hook` is unavailable on this kernel, if it did
+    /// (a test of what only that hook sees then has nothing to test).
+    pub fn hook_unavailable(&self, hook: &str) -> Option<String> {
+        let marker = format!("hook {hook} unavailable: ");
+        self.stderr().lines().find_map(|l| l.split_once(&marker).map(|(_, why)| why.to_owned()))
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
