@@ -403,7 +403,10 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
             summary,
             advice,
             evidence: ev,
-            first_seen: time(g.first_seen),
+            // To the millisecond: an episode's start is its identity in the
+            // history, and a daemon restarted within a second must not
+            // merge its new episode into the old one.
+            first_seen: humantime::format_rfc3339_millis(g.first_seen).to_string(),
             last_seen: time(g.last_seen),
             count: g.count,
             clients,
