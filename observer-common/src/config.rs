@@ -125,7 +125,11 @@ pub struct Sources {
     pub no_socket: u8,
     pub netfilter: u8,
     pub ack_overflow: u8,
-    pub _pad: [u8; 5],
+    /// 1 where the stack's own RSTs need no confirmation (tcp_send_reset
+    /// reports refused SYNs): the transmit fallback then looks only at
+    /// packets without a socket (a reject's RST) or from an ICMP socket.
+    pub answers_without_tcp_socket: u8,
+    pub _pad: [u8; 4],
     pub tcp_v4_rcv: TextRange,
     pub tcp_v6_rcv: TextRange,
     pub nf_hook_slow: TextRange,
@@ -139,7 +143,8 @@ impl Sources {
         no_socket: source::NONE,
         netfilter: source::NONE,
         ack_overflow: source::NONE,
-        _pad: [0; 5],
+        answers_without_tcp_socket: 0,
+        _pad: [0; 4],
         tcp_v4_rcv: TextRange::EMPTY,
         tcp_v6_rcv: TextRange::EMPTY,
         nf_hook_slow: TextRange::EMPTY,

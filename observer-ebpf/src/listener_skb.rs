@@ -81,6 +81,14 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
     if sk.is_null() {
         return Ok(());
     }
+    // The cheapest test first (this runs for every packet delivered to a
+    // socket): `state` is readable on any socket the context hands over,
+    // full or not, without a helper call.
+    // SAFETY: non-null socket pointer from the context; the verifier
+    // allows reading bpf_sock's common fields from it.
+    if unsafe { (*sk).state } != BPF_TCP_LISTEN {
+        return Ok(());
+    }
     // SAFETY: the helper accepts any socket pointer from the context and
     // returns null when it is not a full socket.
     let full = unsafe { bpf_sk_fullsock(sk) };

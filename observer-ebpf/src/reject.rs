@@ -39,7 +39,10 @@ use aya_ebpf::{
     programs::{FEntryContext, RawTracePointContext},
 };
 
-use crate::kread::{at, ip_header, skb_network_header, tcp_ports, Res, IPPROTO_TCP, TCP_FLAG_RST};
+use crate::{
+    kread::{at, ip_header, skb_network_header, tcp_ports, Res, IPPROTO_TCP, TCP_FLAG_RST},
+    maps::config,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -174,6 +177,19 @@ pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_net_dev_queue(skb: *const u8) -> Res<()> {
+    // The cheapest test first: where the stack's own RSTs need no
+    // confirmation, an answer that matters is a reject's RST (built without
+    // a socket) or an ICMP error (sent from the ICMP socket); every packet
+    // of a TCP or UDP socket leaves after two reads.
+    if config!(sources.answers_without_tcp_socket) != 0 {
+        let sk: *const u8 = at(skb, config!(structs.skb_sk))?;
+        if !sk.is_null() {
+            let protocol: u16 = at(sk, config!(structs.sk_protocol))?;
+            if protocol != IPPROTO_ICMP as u16 && protocol != IPPROTO_ICMPV6 as u16 {
+                return Ok(());
+            }
+        }
+    }
     let outer = ip_header(skb_network_header(skb)?)?;
     let (sport, dport, rst) = if outer.proto == IPPROTO_TCP {
         let flags: u8 = at(outer.l4, 13)?;

@@ -112,6 +112,15 @@ fn all_unavailable(why: &str) -> Vec<HookStatus> {
     hooks::HOOKS.iter().map(|s| HookStatus { hook: s.hook, state: HookState::Unavailable(why.to_owned()) }).collect()
 }
 
+/// The attached fallback hook that stands in for `hook`, if any.
+fn stand_in(hook: hooks::Hook, statuses: &[HookStatus]) -> Option<hooks::Hook> {
+    hooks::HOOKS
+        .iter()
+        .filter(|spec| spec.fallback_for.contains(&hook))
+        .find(|spec| statuses.iter().any(|s| s.hook == spec.hook && s.attached()))
+        .map(|spec| spec.hook)
+}
+
 pub fn print(report: &Report) {
     println!("kernel       {}", report.kernel);
     println!("BTF          {}", report.btf);
@@ -128,7 +137,10 @@ pub fn print(report: &Report) {
             HookState::NotNeeded(why) => println!("{:<24} {:<12} {why}", s.hook.name(), "not needed"),
             HookState::Unavailable(why) => {
                 println!("{:<24} {:<12} {why}", s.hook.name(), "unavailable");
-                println!("{:<24} {:<12} not seen: {}", "", "", spec.loses);
+                match stand_in(s.hook, &report.hooks) {
+                    Some(f) => println!("{:<24} {:<12} {f} stands in (it costs every packet)", "", ""),
+                    None => println!("{:<24} {:<12} not seen: {}", "", "", spec.loses),
+                }
             }
         }
     }
@@ -146,7 +158,17 @@ pub fn print(report: &Report) {
             (None, None) => println!("{label:<58} NOT SEEN"),
         }
     }
-    let degraded = report.hooks.iter().filter(|s| !s.attached()).count();
+    // A hook is degraded when what it sees is lost: not when a fallback
+    // stands in for it, nor when another source makes it unnecessary.
+    let degraded = report
+        .hooks
+        .iter()
+        .filter(|s| match s.state {
+            HookState::Attached | HookState::NotNeeded(_) => false,
+            HookState::Unavailable(_) => stand_in(s.hook, &report.hooks).is_none(),
+            HookState::Disabled => true,
+        })
+        .count();
     let lost = report.failures.iter().filter(|f| f.lost.is_some()).count();
     println!();
     if lost == 0 {

@@ -14,16 +14,18 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 /// The tracepoints the observer's hooks use where the kernel has no BPF
-/// trampolines (as here), attached the same way (classic or raw); the
-/// bpftrace peer counts them. (bpftrace cannot attach cgroup_skb programs,
-/// so the peer has no listener hook.)
+/// trampolines (as here); the bpftrace peer counts them. Debian 12's
+/// bpftrace (0.17) attaches only classic tracepoints (its `rawtracepoint`
+/// probes came later), so it counts them the classic way, as a generic
+/// tracer would; it cannot attach cgroup_skb programs, so it has no
+/// listener hook.
 pub const TRACEPOINTS: &[&str] = &[
     "tracepoint:tcp:tcp_send_reset",
     "tracepoint:tcp:tcp_receive_reset",
     "tracepoint:tcp:tcp_retransmit_synack",
-    "rawtracepoint:inet_sock_set_state",
-    "rawtracepoint:kfree_skb",
-    "rawtracepoint:net_dev_queue",
+    "tracepoint:sock:inet_sock_set_state",
+    "tracepoint:skb:kfree_skb",
+    "tracepoint:net:net_dev_queue",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]

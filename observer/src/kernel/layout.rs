@@ -293,7 +293,7 @@ impl KernelLayout {
                 unavailable.entry(hook).or_insert_with(|| "needs the kfree_skb hook, which is unavailable".into());
             }
         }
-        need(Hook::NetDevQueue, &["skb_head", "skb_network_header"], &mut unavailable);
+        need(Hook::NetDevQueue, &["skb_head", "skb_network_header", "skb_sk", "sk_protocol"], &mut unavailable);
         need(
             Hook::ListenerIngress,
             &["sk_ack_backlog", "sk_max_ack_backlog", "icsk_syn_qlen", "sk_net", "net_ns_inum"],

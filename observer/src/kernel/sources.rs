@@ -145,6 +145,7 @@ pub fn choose(config: &mut KernelConfig, offer: &Offer<'_>) -> Choice {
 
     let no_socket = if offer.send_reset_no_socket {
         s.no_socket = source::NO_SOCKET_SEND_RESET;
+        s.answers_without_tcp_socket = 1;
         Ok(Source::SendResetNoSocket)
     } else if offer.drop_reasons && config.values.drop_no_socket != u32::MAX {
         s.no_socket = source::NO_SOCKET_DROP_REASON;
