@@ -13,10 +13,8 @@
 /// Marks an offset or value the kernel does not provide.
 pub const UNSET: u16 = u16::MAX;
 
-/// tcp_receive_reset, tcp_retransmit_synack and the pre-6.10 tcp_send_reset:
-/// the classic TCP 4-tuple
-/// tracepoint layout. `family` is UNSET where the kernel's tracepoint has
-/// none (tcp_receive_reset and tcp_retransmit_synack before 5.11): the
+/// tcp_retransmit_synack: the classic TCP 4-tuple tracepoint layout. `family` is UNSET where the kernel's
+/// tracepoint has none (tcp_retransmit_synack before 5.11): the
 /// programs then read the socket's `skc_family` through BTF, which is what
 /// newer kernels copy into the field.
 #[repr(C)]
@@ -45,22 +43,16 @@ impl TupleLayout {
     };
 }
 
-/// tcp:tcp_send_reset. Addresses are `struct sockaddr_in6`-sized buffers
-/// holding a sockaddr_in or sockaddr_in6 (family, port, address).
+/// tcp:tcp_send_reset, attached raw: whether the kernel passes the RST
+/// reason (6.10+, the release that also made the tracepoint fire without
+/// a socket); UNSET when absent, anything else when present.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SendResetLayout {
-    pub skbaddr: u16,
-    pub skaddr: u16,
-    pub state: u16,
     pub reason: u16,
-    pub saddr: u16,
-    pub daddr: u16,
+    pub _pad: [u16; 3],
 }
 
-/// skb:kfree_skb, attached raw: which arguments this kernel passes after
-/// `skb` and `location` (the tracepoint's format file says). A field is
-/// UNSET when the argument is absent, anything else when present.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KfreeSkbLayout {
@@ -162,8 +154,6 @@ pub struct StructOffsets {
     pub skb_head: u16,
     /// `sk_buff.network_header` (u16 offset from head)
     pub skb_network_header: u16,
-    /// `sk_buff.transport_header` (u16 offset from head)
-    pub skb_transport_header: u16,
     /// `net_device.nd_net` (a possible_net_t: one `struct net *`)
     pub dev_nd_net: u16,
     /// `net.ns.inum`
@@ -207,6 +197,9 @@ pub struct StructOffsets {
     pub sk_v6_daddr: u16,
     /// `sk_buff.protocol` (the ethertype, network order)
     pub skb_protocol: u16,
+    /// `inet_sock.inet_sport` (local port, network order): kept when a
+    /// closing socket gives its port back and `skc_num` reads 0.
+    pub inet_sport: u16,
     /// `sock.__sk_common.skc_family` (also `request_sock`'s, same prefix)
     pub sk_family: u16,
     pub _pad: [u16; 2],
@@ -217,7 +210,6 @@ impl StructOffsets {
         skb_dev: UNSET,
         skb_head: UNSET,
         skb_network_header: UNSET,
-        skb_transport_header: UNSET,
         dev_nd_net: UNSET,
         net_ns_inum: UNSET,
         sk_net: UNSET,
@@ -239,6 +231,7 @@ impl StructOffsets {
         sk_daddr: UNSET,
         sk_v6_daddr: UNSET,
         skb_protocol: UNSET,
+        inet_sport: UNSET,
         sk_family: UNSET,
         _pad: [0; 2],
     };
@@ -265,13 +258,7 @@ pub struct KernelValues {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
-    /// tcp:tcp_send_reset as 6.10+ lays it out (sockaddr buffers, reason).
     pub send_reset: SendResetLayout,
-    /// tcp:tcp_send_reset before 6.10: the 4-tuple layout (`family` only
-    /// from 6.1 on), for resets sent on a full socket only. `skaddr` UNSET
-    /// when the new layout is in use.
-    pub send_reset_tuple: TupleLayout,
-    pub receive_reset: TupleLayout,
     pub retransmit_synack: TupleLayout,
     pub kfree_skb: KfreeSkbLayout,
     pub structs: StructOffsets,
@@ -290,16 +277,7 @@ impl KernelConfig {
     /// A config that makes every program skip its optional reads; the daemon
     /// fills in what the running kernel provides.
     pub const UNSET: KernelConfig = KernelConfig {
-        send_reset: SendResetLayout {
-            skbaddr: UNSET,
-            skaddr: UNSET,
-            state: UNSET,
-            reason: UNSET,
-            saddr: UNSET,
-            daddr: UNSET,
-        },
-        send_reset_tuple: TupleLayout::UNSET,
-        receive_reset: TupleLayout::UNSET,
+        send_reset: SendResetLayout { reason: UNSET, _pad: [0; 3] },
         retransmit_synack: TupleLayout::UNSET,
         kfree_skb: KfreeSkbLayout { reason: UNSET, rx_sk: UNSET, _pad: [0; 2] },
         structs: StructOffsets::UNSET,

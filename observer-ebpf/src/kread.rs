@@ -54,17 +54,6 @@ pub fn skb_netns(skb: *const u8) -> Res<u32> {
     net_inum(net)
 }
 
-/// The TCP header flags byte of a received packet (`th->flags`, byte 13).
-#[inline(always)]
-pub fn skb_tcp_flags(skb: *const u8) -> Res<u8> {
-    let head: *const u8 = at(skb, config!(structs.skb_head))?;
-    let th: u16 = at(skb, config!(structs.skb_transport_header))?;
-    if th == u16::MAX {
-        return Err(-1);
-    }
-    at::<u8>(head, th.wrapping_add(13))
-}
-
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 pub const TCP_FLAG_RST: u8 = 0x04;
@@ -213,6 +202,8 @@ pub fn skb_packet(skb: *const u8, protocol: u16) -> Res<Packet> {
 pub struct Tuple {
     pub skaddr: *const u8,
     pub family: u8,
+    /// The socket's TCP state, where read from the socket (0 otherwise).
+    pub state: u8,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub sport: u16,
@@ -249,6 +240,7 @@ pub fn tuple(ctx: &TracePointContext, l: &observer_common::config::TupleLayout) 
     let mut t = Tuple {
         skaddr: skaddr as *const u8,
         family: family as u8,
+        state: 0,
         saddr: [0; 16],
         daddr: [0; 16],
         sport: field(ctx, l.sport)?,
@@ -268,25 +260,51 @@ pub fn tuple(ctx: &TracePointContext, l: &observer_common::config::TupleLayout) 
     Ok(t)
 }
 
-/// The 4-tuple of a socket, read from the socket itself (`sock_common`):
-/// what the classic tracepoints copy into their records, for the hooks
-/// that get only the socket (raw tracepoints, fentry/fexit).
+/// The 4-tuple and state of a socket, read from the socket itself
+/// (`sock_common`): what the classic tracepoints copy into their records,
+/// for the hooks that get only the socket (raw tracepoints, fentry/fexit).
+///
+/// `sock_common` starts with the IPv4 addresses, the hash, the ports, the
+/// family and the state, 20 bytes, on every kernel we know: where BTF says
+/// so, one read takes them all (this runs for every failure of a storm).
 #[inline(always)]
 pub fn sock_tuple(sk: *const u8) -> Res<Tuple> {
-    let family: u16 = at(sk, config!(structs.sk_family))?;
-    let family = family as u8;
-    let (saddr, sport) = sock_local(sk, family)?;
-    let dport: u16 = at(sk, config!(structs.sk_dport))?;
-    let mut daddr = [0u8; 16];
-    if family == observer_common::record::AF_INET {
+    let (family, state, sport, dport, v4_daddr, v4_saddr) = if config!(structs.sk_daddr) == 0
+        && config!(structs.sk_rcv_saddr) == 4
+        && config!(structs.sk_dport) == 12
+        && config!(structs.sk_num) == 14
+        && config!(structs.sk_family) == 16
+        && config!(structs.sk_state) == 18
+    {
+        let h: [u8; 20] = at(sk, 0)?;
+        let dport = u16::from_be_bytes([h[12], h[13]]);
+        let sport = u16::from_ne_bytes([h[14], h[15]]);
+        let family = u16::from_ne_bytes([h[16], h[17]]) as u8;
+        (family, h[18], sport, dport, [h[0], h[1], h[2], h[3]], [h[4], h[5], h[6], h[7]])
+    } else {
+        let family: u16 = at(sk, config!(structs.sk_family))?;
+        let dport: u16 = at(sk, config!(structs.sk_dport))?;
+        let sport: u16 = at(sk, config!(structs.sk_num))?;
         let d: [u8; 4] = at(sk, config!(structs.sk_daddr))?;
-        daddr[..4].copy_from_slice(&d);
+        let l: [u8; 4] = at(sk, config!(structs.sk_rcv_saddr))?;
+        (family as u8, sock_state(sk).unwrap_or(0), sport, u16::from_be(dport), d, l)
+    };
+    // A full socket that closed gave its port back (inet_put_port zeroes
+    // `skc_num`; an abortive close sends its RST after that): its
+    // `inet_sport` still has it. Request and TIME_WAIT socks keep theirs.
+    let sport =
+        if sport == 0 { at::<u16>(sk, config!(structs.inet_sport)).map(u16::from_be).unwrap_or(0) } else { sport };
+    let mut t = Tuple { skaddr: sk, family, state, saddr: [0; 16], daddr: [0; 16], sport, dport };
+    if family == observer_common::record::AF_INET {
+        t.saddr[..4].copy_from_slice(&v4_saddr);
+        t.daddr[..4].copy_from_slice(&v4_daddr);
     } else if family == observer_common::record::AF_INET6 {
-        daddr = at(sk, config!(structs.sk_v6_daddr))?;
+        t.saddr = at(sk, config!(structs.sk_v6_rcv_saddr))?;
+        t.daddr = at(sk, config!(structs.sk_v6_daddr))?;
     } else {
         return Err(-1);
     }
-    Ok(Tuple { skaddr: sk, family, saddr, daddr, sport, dport: u16::from_be(dport) })
+    Ok(t)
 }
 
 /// The ethertype of a packet (`skb->protocol`, host order).

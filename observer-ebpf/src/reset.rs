@@ -1,41 +1,28 @@
-//! tcp:tcp_send_reset: refused connections and resets the stack sends.
+//! tcp:tcp_send_reset and tcp:tcp_receive_reset (raw tracepoints):
+//! refused connections and resets the stack sends, and resets it receives.
 //!
-//! Why this hook: it fires for every RST the TCP stack itself generates, with
-//! the kernel's RST reason and, when there was no socket, the packet that
-//! caused it. A SYN answered by an RST without a socket is exactly a refused
-//! connection ("nothing listens"); netfilter rejects do not pass here, so the
-//! two stay apart.
+//! Why tcp_send_reset: it fires for every RST the TCP stack itself
+//! generates, with the kernel's RST reason (6.10+) and, when there was no
+//! socket, the packet that caused it. A SYN answered by an RST without a
+//! socket is exactly a refused connection ("nothing listens"); netfilter
+//! rejects do not pass here, so the two stay apart.
+//!
+//! Why raw: in a refused storm both run for every attempt. The raw
+//! tracepoints hand over the socket and the packet; the tuple is read from
+//! them in two or three reads, and no perf record is built.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use observer_common::{
     config::{source, UNSET},
-    record::{flags, AF_INET, AF_INET6},
+    record::flags,
     Action, FailureRecord,
 };
 
 use crate::{
     emit,
-    kread::{self, field, Res},
+    kread::{self, Res},
     maps::config,
 };
-
-/// A `struct sockaddr_in6`-sized buffer from the tracepoint (sockaddr_in or
-/// sockaddr_in6 inside): family, then big-endian port, then the address.
-type SockaddrBuf = [u8; 28];
-
-fn port_of(sa: &SockaddrBuf) -> u16 {
-    u16::from_be_bytes([sa[2], sa[3]])
-}
-
-fn addr_of(sa: &SockaddrBuf, family: u8) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    if family == AF_INET {
-        out[..4].copy_from_slice(&sa[4..8]);
-    } else {
-        out.copy_from_slice(&sa[8..24]);
-    }
-    out
-}
 
 fn swap_ends(rec: &mut FailureRecord) {
     core::mem::swap(&mut rec.src_addr, &mut rec.dst_addr);
@@ -50,106 +37,86 @@ fn outbound(rec: &mut FailureRecord, owner: crate::connect::Owner) {
     swap_ends(rec);
 }
 
-#[tracepoint]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+// TP_PROTO(const struct sock *sk, const struct sk_buff *skb[, enum
+// sk_rst_reason reason (6.10+)]).
+const ARG_SK: usize = 0;
+const ARG_SKB: usize = 1;
+const ARG_REASON: usize = 2;
+
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
     if try_tcp_send_reset(&ctx).is_err() {
         emit::read_failed();
     }
     0
 }
 
-fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
-    if config!(send_reset_tuple.skaddr) != UNSET {
-        return send_reset_on_socket(ctx);
-    }
-    let skaddr: u64 = field(ctx, config!(send_reset.skaddr))?;
-    let skbaddr: u64 = field(ctx, config!(send_reset.skbaddr))?;
-    let state: i32 = field(ctx, config!(send_reset.state))?;
-    let reason: u32 = field(ctx, config!(send_reset.reason))?;
-    // The tracepoint stores the local end in saddr and the peer in daddr,
-    // also when it had to take them (reversed) from the incoming packet.
-    let local: SockaddrBuf = field(ctx, config!(send_reset.saddr))?;
-    let remote: SockaddrBuf = field(ctx, config!(send_reset.daddr))?;
-    let family = local[0];
-    if family != AF_INET && family != AF_INET6 {
-        return Ok(());
-    }
-
-    let mut rec = FailureRecord::zeroed();
-    rec.family = family;
-    rec.reason = reason;
-    rec.state = state as u8;
-    rec.src_addr = addr_of(&remote, family);
-    rec.src_port = port_of(&remote);
-    rec.dst_addr = addr_of(&local, family);
-    rec.dst_port = port_of(&local);
-
-    if skaddr == 0 {
+fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Res<()> {
+    let sk: *const u8 = ctx.arg(ARG_SK);
+    let mut rec = if sk.is_null() {
+        // 6.10+: an RST for a segment no socket took. Before, the
+        // tracepoint stays silent here and kfree_skb reports these.
         if config!(sources.no_socket) != source::NO_SOCKET_SEND_RESET {
-            return Ok(()); // kfree_skb reports these on this kernel.
+            return Ok(());
         }
-        let skb = skbaddr as *const u8;
+        let skb: *const u8 = ctx.arg(ARG_SKB);
+        let p = kread::skb_packet(skb, kread::skb_protocol(skb)?)?;
+        let mut rec = FailureRecord::zeroed();
+        rec.family = p.family;
         rec.netns = kread::skb_netns(skb)?;
+        // The segment's sender is the peer; its destination is this host.
+        rec.src_addr = p.saddr;
+        rec.src_port = p.sport;
+        rec.dst_addr = p.daddr;
+        rec.dst_port = p.dport;
         // Only an initial SYN without a socket is a refused connection; an
         // RST for a segment of an unknown connection (e.g. after a restart)
         // is a reset the server sent.
-        let tcp_flags = kread::skb_tcp_flags(skb)?;
-        rec.action = if tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK) == kread::TCP_FLAG_SYN {
-            Action::Refused as u8
-        } else {
-            Action::ResetSent as u8
-        };
+        let syn = p.tcp_flags & (kread::TCP_FLAG_SYN | kread::TCP_FLAG_ACK) == kread::TCP_FLAG_SYN;
+        rec.action = if syn { Action::Refused as u8 } else { Action::ResetSent as u8 };
+        rec
     } else {
-        let sk = skaddr as *const u8;
-        rec.netns = kread::sock_netns(sk)?;
-        rec.action = Action::ResetSent as u8;
+        // A reset on a connection (full, request or TIME_WAIT socket: all
+        // start with sock_common).
+        let t = kread::sock_tuple(sk)?;
+        let mut rec = t.peer_initiated(Action::ResetSent)?;
+        rec.state = t.state;
         if let Some(o) = crate::connect::active_owner(sk) {
             outbound(&mut rec, o);
         }
+        rec
+    };
+    if config!(send_reset.reason) != UNSET {
+        rec.reason = ctx.arg(ARG_REASON);
     }
     let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
     emit::record(&key, rec);
     Ok(())
 }
 
-/// tcp_send_reset before 6.10: the kernel fires it only for resets sent on
-/// a full socket (application aborts, data for a closed socket), with the
-/// socket's 4-tuple. RSTs without a socket are found by `drop` instead.
-fn send_reset_on_socket(ctx: &TracePointContext) -> Res<()> {
-    let l = config!(send_reset_tuple);
-    let t = kread::tuple(ctx, &l)?;
-    let mut rec = t.peer_initiated(Action::ResetSent)?;
-    let state: i32 = field(ctx, config!(send_reset.state))?;
-    rec.state = state as u8;
-    if let Some(o) = crate::connect::active_owner(t.skaddr) {
-        outbound(&mut rec, o);
-    }
-    let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);
-    emit::record(&key, rec);
-    Ok(())
-}
-
-/// tcp:tcp_receive_reset: an RST arrived on one of this host's sockets.
-/// In SYN_SENT that is an outbound connect refused by the peer (also seen as
-/// connect_failed); otherwise the peer reset an open connection.
-#[tracepoint]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    if try_tcp_receive_reset(&ctx).is_err() {
+/// tcp:tcp_receive_reset (raw tracepoint): an RST arrived on one of this
+/// host's sockets. In SYN_SENT that is an outbound connect refused by the
+/// peer (also seen as connect_failed); otherwise the peer reset an open
+/// connection. Raw: the tuple is read from the socket, and no perf record
+/// is built (in a refused storm this runs for every attempt).
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct sock *sk)
+    if try_tcp_receive_reset(ctx.arg(0)).is_err() {
         emit::read_failed();
     }
     0
 }
 
-fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
-    let l = config!(receive_reset);
-    let t = kread::tuple(ctx, &l)?;
+fn try_tcp_receive_reset(sk: *const u8) -> Res<()> {
+    let t = kread::sock_tuple(sk)?;
     // By default the peer initiated; corrected below for this host's connects.
     let mut rec = t.peer_initiated(Action::ResetReceived)?;
-    rec.state = kread::sock_state(t.skaddr).unwrap_or(0);
-    if let Some(o) = crate::connect::active_owner(t.skaddr) {
+    rec.state = t.state;
+    if let Some(o) = crate::connect::active_owner(sk) {
         outbound(&mut rec, o);
     } else if rec.state as u32 == config!(values.tcp_syn_sent) {
-        // Still connecting: this host initiated (the owner is in CONNECTING).
+        // Still connecting: this host initiated (opened before the daemon).
         rec.flags |= flags::OUTBOUND;
         swap_ends(&mut rec);
     }

@@ -66,7 +66,7 @@ pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         hook: Hook::TcpSendReset,
         program: "tcp_send_reset",
-        attach: Attach::Tracepoint { category: "tcp", name: "tcp_send_reset" },
+        attach: Attach::RawTracepoint { name: "tcp_send_reset" },
         actions: &[Action::Refused, Action::ResetSent],
         loses: "resets this host sends on open connections (and refused connections where it is their source)",
         fallback_for: &[],
@@ -74,7 +74,7 @@ pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         hook: Hook::TcpReceiveReset,
         program: "tcp_receive_reset",
-        attach: Attach::Tracepoint { category: "tcp", name: "tcp_receive_reset" },
+        attach: Attach::RawTracepoint { name: "tcp_receive_reset" },
         actions: &[Action::ResetReceived],
         loses: "resets received from peers",
         fallback_for: &[],

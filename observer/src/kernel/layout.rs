@@ -106,7 +106,6 @@ impl KernelLayout {
                 ("skb_dev", &mut s.skb_dev, "sk_buff", &["dev"]),
                 ("skb_head", &mut s.skb_head, "sk_buff", &["head"]),
                 ("skb_network_header", &mut s.skb_network_header, "sk_buff", &["network_header"]),
-                ("skb_transport_header", &mut s.skb_transport_header, "sk_buff", &["transport_header"]),
                 ("dev_nd_net", &mut s.dev_nd_net, "net_device", &["nd_net", "net"]),
                 ("net_ns_inum", &mut s.net_ns_inum, "net", &["ns", "inum"]),
                 ("sk_net", &mut s.sk_net, "sock", &["__sk_common", "skc_net", "net"]),
@@ -126,6 +125,7 @@ impl KernelLayout {
                 ("sk_daddr", &mut s.sk_daddr, "sock", &["__sk_common", "skc_daddr"]),
                 ("sk_v6_daddr", &mut s.sk_v6_daddr, "sock", &["__sk_common", "skc_v6_daddr"]),
                 ("skb_protocol", &mut s.skb_protocol, "sk_buff", &["protocol"]),
+                ("inet_sport", &mut s.inet_sport, "inet_sock", &["inet_sport"]),
                 ("sk_family", &mut s.sk_family, "sock", &["__sk_common", "skc_family"]),
             ];
             for (name, slot, root, path) in fields {
@@ -158,45 +158,53 @@ impl KernelLayout {
             if let Some(t) = f.table_with("TCP_LISTEN") {
                 names.tcp_states = t;
             }
-            let l = &mut config.send_reset;
-            l.skbaddr = off(f, "skbaddr", 8)?;
-            l.skaddr = off(f, "skaddr", 8)?;
-            l.state = off(f, "state", 4)?;
+            // Attached raw: the format says whether the kernel passes the
+            // reason, the mark of the 6.10 tracepoint, which fires without
+            // a socket too (refused SYNs). Older ones fire only on a socket.
             if f.offset("reason", None).is_ok() {
-                // The 6.10 layout: the same release made the tracepoint
-                // fire without a socket too (refused SYNs), with the
-                // addresses taken from the packet, and added the reason.
-                l.reason = off(f, "reason", 4)?;
-                l.saddr = off(f, "saddr", 28)?;
-                l.daddr = off(f, "daddr", 28)?;
+                config.send_reset.reason = 0;
                 send_reset_no_socket = true;
-            } else {
-                // Older: fires only on a full socket, with its 4-tuple.
-                config.send_reset_tuple = tuple(f)?;
             }
             Ok(())
         });
-        need(Hook::TcpSendReset, &["sk_net", "net_ns_inum"], &mut unavailable);
+        need(
+            Hook::TcpSendReset,
+            &[
+                "sk_net",
+                "net_ns_inum",
+                "sk_family",
+                "sk_state",
+                "sk_num",
+                "sk_dport",
+                "sk_rcv_saddr",
+                "sk_daddr",
+                "sk_v6_rcv_saddr",
+                "sk_v6_daddr",
+            ],
+            &mut unavailable,
+        );
         if send_reset_no_socket {
-            need(Hook::TcpSendReset, &["skb_dev", "dev_nd_net", "skb_head", "skb_transport_header"], &mut unavailable);
-        } else if config.send_reset_tuple.family == UNSET {
-            need(Hook::TcpSendReset, &["sk_family"], &mut unavailable);
+            need(
+                Hook::TcpSendReset,
+                &["skb_dev", "dev_nd_net", "skb_head", "skb_network_header", "skb_protocol"],
+                &mut unavailable,
+            );
         }
 
-        // The 4-tuple tracepoints.
-        with_format(tracefs, ("tcp", "tcp_receive_reset"), Hook::TcpReceiveReset, &mut unavailable, |f| {
-            config.receive_reset = tuple(f)?;
-            Ok(())
-        });
+        // Attached raw (the tuple is read from the socket): the format
+        // only proves the tracepoint exists.
+        with_format(tracefs, ("tcp", "tcp_receive_reset"), Hook::TcpReceiveReset, &mut unavailable, |_| Ok(()));
+        need(
+            Hook::TcpReceiveReset,
+            &["sk_family", "sk_num", "sk_dport", "sk_rcv_saddr", "sk_daddr", "sk_v6_rcv_saddr", "sk_v6_daddr"],
+            &mut unavailable,
+        );
         with_format(tracefs, ("tcp", "tcp_retransmit_synack"), Hook::TcpRetransmitSynack, &mut unavailable, |f| {
             config.retransmit_synack = tuple(f)?;
             Ok(())
         });
         for hook in [Hook::TcpReceiveReset, Hook::TcpRetransmitSynack] {
             need(hook, &["sk_net", "net_ns_inum", "sk_state"], &mut unavailable);
-        }
-        if config.receive_reset.family == UNSET {
-            need(Hook::TcpReceiveReset, &["sk_family"], &mut unavailable);
         }
         if config.retransmit_synack.family == UNSET {
             need(Hook::TcpRetransmitSynack, &["sk_family"], &mut unavailable);
