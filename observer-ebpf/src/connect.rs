@@ -24,7 +24,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{map, raw_tracepoint},
-    maps::LruHashMap,
+    maps::Array,
     programs::RawTracePointContext,
 };
 use observer_common::{record::flags, Action, FailureRecord};
@@ -42,18 +42,61 @@ pub struct Owner {
     pub comm: [u8; 16],
 }
 
-/// Sockets this host opened actively (by address) -> the process that
-/// called connect(), from SYN_SENT until the socket closes. Lets the reset
-/// hooks tell which side initiated a connection exactly; sockets opened
-/// before the daemon started default to inbound.
+/// One slot of `OWNERS`: the socket it holds (0: none), and its owner.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct OwnerSlot {
+    pub sk: u64,
+    pub owner: Owner,
+    pub _pad: u32,
+}
+
+/// Slots of `OWNERS`: a power of two.
+const OWNER_SLOTS: u32 = 1 << 16;
+
+/// Sockets this host opened actively -> the process that called connect(),
+/// from SYN_SENT until the socket closes. Lets the reset hooks tell which
+/// side initiated a connection exactly; sockets opened before the daemon
+/// started default to inbound.
+///
+/// Why a direct-mapped array and not a hash map: it is written for every
+/// outbound connection and looked at whenever any socket closes, the
+/// healthy path. An array slot is an inlined load and a store, where a
+/// hash map update takes a bucket lock and an LRU list. The price is that
+/// two connecting sockets whose addresses map to one slot share it: the
+/// newer one keeps it, and if the older one then fails, its record names
+/// no process (the failure is still counted). With 65,536 slots that takes
+/// tens of thousands of connects in flight at once.
 #[map]
-static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+static OWNERS: Array<OwnerSlot> = Array::with_max_entries(OWNER_SLOTS, 0);
+
+/// The slot of socket `sk`: a multiplicative hash of its address (slab
+/// objects share their low bits, so the address itself would collide).
+#[inline(always)]
+fn slot(sk: u64) -> u32 {
+    (sk.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u32 & (OWNER_SLOTS - 1)
+}
 
 /// The process that opened `sk` actively, if this host initiated it.
 #[inline(always)]
 pub fn active_owner(sk: *const u8) -> Option<Owner> {
-    // SAFETY: the value is copied out at once.
-    unsafe { OWNERS.get(sk as u64) }.copied()
+    let s = OWNERS.get(slot(sk as u64))?;
+    (s.sk == sk as u64).then_some(s.owner)
+}
+
+/// Forgets the owner of `sk` if its slot still holds it.
+#[inline(always)]
+fn forget(sk: u64) {
+    if let Some(p) = OWNERS.get_ptr_mut(slot(sk)) {
+        // SAFETY: a valid array slot while the program runs; a racing
+        // writer on another CPU at worst leaves a slot that names another
+        // socket, which no lookup for this one matches.
+        unsafe {
+            if (*p).sk == sk {
+                (*p).sk = 0;
+            }
+        }
+    }
 }
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
@@ -83,24 +126,26 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Res<()> {
     }
     let skaddr = sk as u64;
     if new == syn_sent {
-        let current = bpf_get_current_pid_tgid();
-        let owner = Owner { pid: (current >> 32) as u32, comm: bpf_get_current_comm().unwrap_or([0; 16]) };
-        let _ = OWNERS.insert(skaddr, owner, 0);
+        if let Some(p) = OWNERS.get_ptr_mut(slot(skaddr)) {
+            let current = bpf_get_current_pid_tgid();
+            let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            // SAFETY: a valid array slot while the program runs.
+            unsafe { *p = OwnerSlot { sk: skaddr, owner: Owner { pid: (current >> 32) as u32, comm }, _pad: 0 } };
+        }
         return Ok(());
     }
     if old != syn_sent {
-        // An open connection closes: forget its owner (a miss for the
-        // sockets this host accepted).
-        let _ = OWNERS.remove(skaddr);
+        // An open connection closes: forget its owner (nothing to do for
+        // the sockets this host accepted).
+        forget(skaddr);
         return Ok(());
     }
     if new != close {
         // SYN_SENT -> ESTABLISHED: success; the owner stays for the reset hooks.
         return Ok(());
     }
-    // SAFETY: the value is copied out at once; the LRU map may evict it later.
-    let owner = unsafe { OWNERS.get(skaddr) }.copied();
-    let _ = OWNERS.remove(skaddr);
+    let owner = active_owner(sk);
+    forget(skaddr);
     let hard: i32 = kread::at(sk, config!(structs.sk_err))?;
     let err = if hard > 0 {
         hard as u32
