@@ -94,7 +94,7 @@ fn try_syn_recv_sock(ctx: &FEntryContext, v6: bool) -> Res<()> {
 }
 
 /// Counts an overflow of listener `sk` by the packet `skb` (a SYN or a
-/// final ACK); builds the record only for the samples.
+/// final ACK).
 #[inline(always)]
 fn overflow(
     sk: *const u8,
@@ -106,15 +106,37 @@ fn overflow(
     reason: u32,
 ) -> Res<()> {
     let p = kread::skb_packet(skb, kread::skb_protocol(skb)?)?;
-    let netns = kread::sock_netns(sk)?;
-    // During a flood this runs for every SYN: count by the key first, and
-    // fill the rest of the record only for the samples.
+    let o = Overflow { action, queue_len, backlog, flags: rec_flags, reason };
+    report(kread::sock_netns(sk)?, p.family, (p.daddr, p.dport), || Ok((p.saddr, p.sport)), o)
+}
+
+/// What an overflow record says besides its endpoints.
+pub struct Overflow {
+    pub action: Action,
+    pub queue_len: u32,
+    pub backlog: u32,
+    pub flags: u8,
+    pub reason: u32,
+}
+
+/// Counts an overflow of the listener at `dst` (address, port) and, when a
+/// sample is due, sends it with the client `src` gives. During a flood this
+/// runs for every SYN: the key first, the rest only for the samples (the
+/// cgroup_skb fallback reads the client's address only then).
+#[inline(always)]
+pub fn report(
+    netns: u32,
+    family: u8,
+    dst: ([u8; 16], u16),
+    src: impl FnOnce() -> Res<([u8; 16], u16)>,
+    o: Overflow,
+) -> Res<()> {
     let key = CountKey {
         netns,
-        port: p.dport,
-        action: action as u8,
-        family: p.family,
-        addr: p.daddr,
+        port: dst.1,
+        action: o.action as u8,
+        family,
+        addr: dst.0,
         class: 0,
         _pad: [0; 3],
     };
@@ -122,18 +144,16 @@ fn overflow(
         return Ok(());
     }
     let mut rec = FailureRecord::zeroed();
-    rec.action = action as u8;
-    rec.family = p.family;
-    rec.flags = rec_flags;
-    rec.reason = reason;
-    rec.backlog = backlog;
-    rec.queue_len = queue_len;
+    rec.action = o.action as u8;
+    rec.family = family;
+    rec.flags = o.flags;
+    rec.reason = o.reason;
+    rec.backlog = o.backlog;
+    rec.queue_len = o.queue_len;
     rec.state = TCP_LISTEN;
     rec.netns = netns;
-    rec.dst_addr = p.daddr;
-    rec.dst_port = p.dport;
-    rec.src_addr = p.saddr;
-    rec.src_port = p.sport;
+    (rec.dst_addr, rec.dst_port) = dst;
+    (rec.src_addr, rec.src_port) = src()?;
     emit::submit(rec);
     Ok(())
 }

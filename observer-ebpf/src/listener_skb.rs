@@ -25,12 +25,13 @@ use aya_ebpf::{
 };
 use observer_common::{
     record::{flags, inferred, AF_INET, AF_INET6},
-    Action, CountKey, FailureRecord,
+    Action,
 };
 
 use crate::{
     emit,
     kread::{self, Res},
+    listener::{report, Overflow},
 };
 
 /// Which overflows this program counts, written by the daemon before it
@@ -148,8 +149,6 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
         }
         (Action::SynQueueOverflow, synq)
     };
-    // During a flood this runs for every SYN: count by the key first, and
-    // read the rest of the record only for the samples.
     let mut dst_addr = [0u8; 16];
     if alen == 4 {
         let d: [u8; 4] = pkt(ctx, daddr_off)?;
@@ -159,42 +158,24 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
     }
     let ports: [u8; 4] = pkt(ctx, ip_len)?;
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    let netns = kread::sock_netns(tp)?;
-    let key = CountKey {
-        netns,
-        port: dst_port,
-        action: action as u8,
-        family: family as u8,
-        addr: dst_addr,
-        class: 0,
-        _pad: [0; 3],
-    };
-    if !emit::count(&key) {
-        return Ok(());
-    }
-    let mut rec = FailureRecord::zeroed();
-    rec.action = action as u8;
-    rec.family = family as u8;
-    rec.flags = flags::HAS_LISTENER;
+    let mut rec_flags = flags::HAS_LISTENER;
+    let mut reason = 0;
     if final_ack {
-        rec.flags |= flags::REASON_INFERRED;
-        rec.reason = inferred::TCP_LISTEN_OVERFLOW;
+        rec_flags |= flags::REASON_INFERRED;
+        reason = inferred::TCP_LISTEN_OVERFLOW;
     } else if action == Action::ListenOverflow {
-        rec.flags |= flags::SYN_STAGE;
+        rec_flags |= flags::SYN_STAGE;
     }
-    rec.backlog = max;
-    rec.queue_len = queue_len;
-    rec.state = BPF_TCP_LISTEN as u8;
-    rec.netns = netns;
-    rec.dst_addr = dst_addr;
-    rec.dst_port = dst_port;
-    rec.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-    if alen == 4 {
-        let s: [u8; 4] = pkt(ctx, saddr_off)?;
-        rec.src_addr[..4].copy_from_slice(&s);
-    } else {
-        rec.src_addr = pkt(ctx, saddr_off)?;
-    }
-    emit::submit(rec);
-    Ok(())
+    let src = || -> Res<([u8; 16], u16)> {
+        let mut addr = [0u8; 16];
+        if alen == 4 {
+            let s: [u8; 4] = pkt(ctx, saddr_off)?;
+            addr[..4].copy_from_slice(&s);
+        } else {
+            addr = pkt(ctx, saddr_off)?;
+        }
+        Ok((addr, u16::from_be_bytes([ports[0], ports[1]])))
+    };
+    let o = Overflow { action, queue_len, backlog: max, flags: rec_flags, reason };
+    report(kread::sock_netns(tp)?, family as u8, (dst_addr, dst_port), src, o)
 }

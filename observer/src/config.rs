@@ -367,6 +367,10 @@ counter_poll_ms = {cpoll}
 # Least time between two warnings about lost samples or counts, in seconds.
 loss_warning_secs = {lossw}
 # Hooks not to attach, by name: {hooks}.
+# On a kernel without BPF trampolines (`observer doctor` shows
+# listener_ingress and net_dev_queue standing in), disabling those two
+# per-packet fallbacks makes short connections cheaper, and loses what
+# doctor then says (SYN-stage overflows, reject vs drop).
 disable_hooks = []
 
 [diagnosis]

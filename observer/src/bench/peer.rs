@@ -1,6 +1,6 @@
 //! What runs next to the load: nothing (the baseline), the observer (this
-//! very binary, `observer run`), or a bpftrace one-liner counting the same
-//! tracepoints.
+//! very binary, `observer run`), the observer without its per-packet
+//! fallback hooks, or a bpftrace one-liner counting the same tracepoints.
 
 use std::{
     io::{BufRead, BufReader},
@@ -33,22 +33,28 @@ pub const TRACEPOINTS: &[&str] = &[
 pub enum Peer {
     Baseline,
     Observer,
+    /// The observer with `capture.disable_hooks = ["listener_ingress",
+    /// "net_dev_queue"]`: on a kernel without BPF trampolines those stand
+    /// in for the fentry hooks and run for every packet; this shows what
+    /// they cost (and an admin can choose it, losing what doctor says).
+    ObserverNoFallbacks,
     Bpftrace,
 }
 
 impl Peer {
-    pub const ALL: [Peer; 3] = [Peer::Baseline, Peer::Observer, Peer::Bpftrace];
+    pub const ALL: [Peer; 4] = [Peer::Baseline, Peer::Observer, Peer::ObserverNoFallbacks, Peer::Bpftrace];
 
     pub fn name(self) -> &'static str {
         match self {
             Peer::Baseline => "baseline",
             Peer::Observer => "observer",
+            Peer::ObserverNoFallbacks => "observer -fallbacks",
             Peer::Bpftrace => "bpftrace",
         }
     }
 
     pub fn is_observer(self) -> bool {
-        matches!(self, Peer::Observer)
+        matches!(self, Peer::Observer | Peer::ObserverNoFallbacks)
     }
 }
 
@@ -116,10 +122,13 @@ impl Running {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (child, ready, log) = match peer {
             Peer::Baseline => return Ok(Running { peer, child: None, log: None, stderr, reader: None }),
-            Peer::Observer => {
+            Peer::Observer | Peer::ObserverNoFallbacks => {
                 let exe = std::env::current_exe().context("finding the observer binary")?;
                 let config = dir.join("observer.toml");
-                std::fs::write(&config, "[capture]\n").with_context(|| format!("writing {}", config.display()))?;
+                let disabled =
+                    if peer == Peer::ObserverNoFallbacks { "\"listener_ingress\", \"net_dev_queue\"" } else { "" };
+                std::fs::write(&config, format!("[capture]\ndisable_hooks = [{disabled}]\n"))
+                    .with_context(|| format!("writing {}", config.display()))?;
                 let log = dir.join("events.ndjson");
                 let _ = std::fs::remove_file(&log);
                 let _ = std::fs::remove_dir_all(dir.join("state"));

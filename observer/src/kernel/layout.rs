@@ -41,6 +41,20 @@ pub struct KernelLayout {
     pub coverage: Vec<sources::Coverage>,
 }
 
+/// What `kread::sock_tuple` reads: a socket's namespace, 4-tuple and state.
+const SOCK_TUPLE: &[&str] = &[
+    "sk_net",
+    "net_ns_inum",
+    "sk_family",
+    "sk_state",
+    "sk_num",
+    "sk_dport",
+    "sk_rcv_saddr",
+    "sk_daddr",
+    "sk_v6_rcv_saddr",
+    "sk_v6_daddr",
+];
+
 /// A field offset, with its size checked, as a message for the hook table.
 fn off(f: &Format, name: &str, size: usize) -> Result<u16, String> {
     f.offset(name, Some(size)).map_err(|e| e.to_string())
@@ -169,18 +183,7 @@ impl KernelLayout {
         });
         need(
             Hook::TcpSendReset,
-            &[
-                "sk_net",
-                "net_ns_inum",
-                "sk_family",
-                "sk_state",
-                "sk_num",
-                "sk_dport",
-                "sk_rcv_saddr",
-                "sk_daddr",
-                "sk_v6_rcv_saddr",
-                "sk_v6_daddr",
-            ],
+            SOCK_TUPLE,
             &mut unavailable,
         );
         if send_reset_no_socket {
@@ -194,11 +197,7 @@ impl KernelLayout {
         // Attached raw (the tuple is read from the socket): the format
         // only proves the tracepoint exists.
         with_format(tracefs, ("tcp", "tcp_receive_reset"), Hook::TcpReceiveReset, &mut unavailable, |_| Ok(()));
-        need(
-            Hook::TcpReceiveReset,
-            &["sk_family", "sk_num", "sk_dport", "sk_rcv_saddr", "sk_daddr", "sk_v6_rcv_saddr", "sk_v6_daddr"],
-            &mut unavailable,
-        );
+        need(Hook::TcpReceiveReset, SOCK_TUPLE, &mut unavailable);
         with_format(tracefs, ("tcp", "tcp_retransmit_synack"), Hook::TcpRetransmitSynack, &mut unavailable, |f| {
             config.retransmit_synack = tuple(f)?;
             Ok(())
@@ -227,21 +226,10 @@ impl KernelLayout {
         });
         need(
             Hook::InetSockSetState,
-            &[
-                "sk_net",
-                "net_ns_inum",
-                "sk_err",
-                "sk_protocol",
-                "sk_family",
-                "sk_num",
-                "sk_dport",
-                "sk_rcv_saddr",
-                "sk_daddr",
-                "sk_v6_rcv_saddr",
-                "sk_v6_daddr",
-            ],
+            SOCK_TUPLE,
             &mut unavailable,
         );
+        need(Hook::InetSockSetState, &["sk_err", "sk_protocol"], &mut unavailable);
         // The queued ICMP error's `struct sock_extended_err` sits in the
         // skb's control block, at `sock_exterr_skb.ee`. Optional: without
         // it (and the other soft-error offsets) only connects the
