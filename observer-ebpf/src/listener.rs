@@ -131,15 +131,7 @@ pub fn report(
     src: impl FnOnce() -> Res<([u8; 16], u16)>,
     o: Overflow,
 ) -> Res<()> {
-    let key = CountKey {
-        netns,
-        port: dst.1,
-        action: o.action as u8,
-        family,
-        addr: dst.0,
-        class: 0,
-        _pad: [0; 3],
-    };
+    let key = CountKey { netns, port: dst.1, action: o.action as u8, family, addr: dst.0, class: 0, _pad: [0; 3] };
     if !emit::count(&key) {
         return Ok(());
     }

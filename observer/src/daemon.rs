@@ -339,7 +339,11 @@ async fn diagnose(mut diagnoser: Diagnoser, mut events: mpsc::Receiver<FailureEv
         tokio::select! {
             event = events.recv() => {
                 let Some(first) = event else {
-                    for d in diagnoser.unwritten().await {
+                    // At shutdown: what the next tick would have opened
+                    // (a burst right before the stop), then the last counts
+                    // of every open diagnosis.
+                    let due = diagnoser.due().await;
+                    for d in due.into_iter().chain(diagnoser.unwritten().await) {
                         let _ = out.send(Record::Diagnosis(Box::new(d))).await;
                     }
                     break;

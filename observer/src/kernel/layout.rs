@@ -181,11 +181,7 @@ impl KernelLayout {
             }
             Ok(())
         });
-        need(
-            Hook::TcpSendReset,
-            SOCK_TUPLE,
-            &mut unavailable,
-        );
+        need(Hook::TcpSendReset, SOCK_TUPLE, &mut unavailable);
         if send_reset_no_socket {
             need(
                 Hook::TcpSendReset,
@@ -224,11 +220,7 @@ impl KernelLayout {
                 _ => Err("no TCP state table in inet_sock_set_state's print fmt".into()),
             }
         });
-        need(
-            Hook::InetSockSetState,
-            SOCK_TUPLE,
-            &mut unavailable,
-        );
+        need(Hook::InetSockSetState, SOCK_TUPLE, &mut unavailable);
         need(Hook::InetSockSetState, &["sk_err", "sk_protocol"], &mut unavailable);
         // The queued ICMP error's `struct sock_extended_err` sits in the
         // skb's control block, at `sock_exterr_skb.ee`. Optional: without
