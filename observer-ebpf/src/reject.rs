@@ -34,9 +34,9 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{fentry, map, raw_tracepoint},
+    macros::{btf_tracepoint, fentry, map},
     maps::PerCpuArray,
-    programs::{FEntryContext, RawTracePointContext},
+    programs::{BtfTracePointContext, FEntryContext},
 };
 
 use crate::{
@@ -166,30 +166,39 @@ pub fn tcp_v6_send_reset(ctx: FEntryContext) -> i32 {
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
 
-/// net:net_dev_queue (raw): every packet the host transmits, where the
-/// fentry programs above cannot run. An RST or an ICMP unreachable marks
-/// the ports of the packet it answers.
-#[raw_tracepoint(tracepoint = "net_dev_queue")]
-pub fn net_dev_queue(ctx: RawTracePointContext) -> i32 {
+/// net:net_dev_queue (BTF tracepoint): every packet the host transmits,
+/// where the fentry programs above cannot run. An RST or an ICMP
+/// unreachable marks the ports of the packet it answers. A BTF tracepoint
+/// (which needs no trampoline) because its arguments are typed: the first
+/// test reads the packet's and its socket's members directly, not through
+/// a helper call each, and this runs for every packet.
+#[btf_tracepoint(function = "net_dev_queue")]
+pub fn net_dev_queue(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct sk_buff *skb)
-    let _ = try_net_dev_queue(ctx.arg(0));
+    let skb: *const u8 = ctx.arg(0);
+    // The cheapest test first: where the stack's own RSTs need no
+    // confirmation, an answer that matters is a reject's RST (built without
+    // a socket) or an ICMP error (sent from the ICMP socket); every packet
+    // of a TCP or UDP socket leaves after two loads.
+    if config!(sources.answers_without_tcp_socket) != 0 {
+        // SAFETY: `skb` is the tracepoint's typed `struct sk_buff *`, and
+        // the offset is its `sk` member's from BTF (a constant the
+        // verifier reads from the frozen configuration): it checks the
+        // load against the type and turns it into a faulting-safe read.
+        let sk = unsafe { *(skb.add(config!(structs.skb_sk) as usize) as *const *const u8) };
+        if !sk.is_null() {
+            // SAFETY: as above; `sk` is typed `struct sock *` by BTF.
+            let protocol = unsafe { *(sk.add(config!(structs.sk_protocol) as usize) as *const u16) };
+            if protocol != IPPROTO_ICMP as u16 && protocol != IPPROTO_ICMPV6 as u16 {
+                return 0;
+            }
+        }
+    }
+    let _ = try_net_dev_queue(skb);
     0
 }
 
 fn try_net_dev_queue(skb: *const u8) -> Res<()> {
-    // The cheapest test first: where the stack's own RSTs need no
-    // confirmation, an answer that matters is a reject's RST (built without
-    // a socket) or an ICMP error (sent from the ICMP socket); every packet
-    // of a TCP or UDP socket leaves after two reads.
-    if config!(sources.answers_without_tcp_socket) != 0 {
-        let sk: *const u8 = at(skb, config!(structs.skb_sk))?;
-        if !sk.is_null() {
-            let protocol: u16 = at(sk, config!(structs.sk_protocol))?;
-            if protocol != IPPROTO_ICMP as u16 && protocol != IPPROTO_ICMPV6 as u16 {
-                return Ok(());
-            }
-        }
-    }
     let outer = ip_header(skb_network_header(skb)?)?;
     let (sport, dport, rst) = if outer.proto == IPPROTO_TCP {
         let flags: u8 = at(outer.l4, 13)?;

@@ -7,7 +7,9 @@
 use std::fmt;
 
 use aya::{
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, RawTracePoint, TracePoint,
+    },
     Btf, Ebpf, EbpfLoader,
 };
 use observer_common::{Action, KernelConfig};
@@ -39,6 +41,9 @@ pub enum Attach {
     /// A raw tracepoint: no perf record is built for the program (the
     /// hooks that fire on the healthy path); the program has the hook's name.
     RawTracepoint { name: &'static str },
+    /// A BTF tracepoint (typed arguments, direct member reads; needs BTF
+    /// but no trampoline); the program has the hook's name.
+    BtfTracepoint { name: &'static str },
     /// fentry programs, `(program, kernel function)`.
     FEntry(&'static [(&'static str, &'static str)]),
     /// fexit programs, `(program, kernel function)`.
@@ -160,7 +165,7 @@ pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         hook: Hook::NetDevQueue,
         program: "net_dev_queue",
-        attach: Attach::RawTracepoint { name: "net_dev_queue" },
+        attach: Attach::BtfTracepoint { name: "net_dev_queue" },
         actions: &[Action::FirewallReject],
         loses: "firewall rejects (reported as firewall_drop instead) and, where kfree_skb is their source, refused connections",
         fallback_for: &[Hook::Answers],
@@ -340,6 +345,12 @@ fn attach(ebpf: &mut Ebpf, spec: &HookSpec, btf: Result<&Btf, &String>) -> Resul
             let tp: &mut RawTracePoint = program(ebpf, spec.program)?;
             tp.load().map_err(|e| format!("load: {}", error_chain(&e)))?;
             tp.attach(name).map_err(|e| format!("attach raw tracepoint {name}: {}", error_chain(&e)))?;
+        }
+        Attach::BtfTracepoint { name } => {
+            let btf = btf.map_err(|e| e.clone())?;
+            let tp: &mut BtfTracePoint = program(ebpf, spec.program)?;
+            tp.load(name, btf).map_err(|e| format!("load: {}", error_chain(&e)))?;
+            tp.attach().map_err(|e| format!("attach BTF tracepoint {name}: {}", error_chain(&e)))?;
         }
         Attach::FEntry(parts) => {
             let btf = btf.map_err(|e| e.clone())?;
