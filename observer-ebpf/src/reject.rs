@@ -181,14 +181,15 @@ pub fn net_dev_queue(ctx: BtfTracePointContext) -> i32 {
     // a socket) or an ICMP error (sent from the ICMP socket); every packet
     // of a TCP or UDP socket leaves after two loads.
     if config!(sources.answers_without_tcp_socket) != 0 {
+        let (sk_off, protocol_off) = (config!(structs.skb_sk) as usize, config!(structs.sk_protocol) as usize);
         // SAFETY: `skb` is the tracepoint's typed `struct sk_buff *`, and
         // the offset is its `sk` member's from BTF (a constant the
         // verifier reads from the frozen configuration): it checks the
         // load against the type and turns it into a faulting-safe read.
-        let sk = unsafe { *(skb.add(config!(structs.skb_sk) as usize) as *const *const u8) };
+        let sk = unsafe { *(skb.add(sk_off) as *const *const u8) };
         if !sk.is_null() {
             // SAFETY: as above; `sk` is typed `struct sock *` by BTF.
-            let protocol = unsafe { *(sk.add(config!(structs.sk_protocol) as usize) as *const u16) };
+            let protocol = unsafe { *(sk.add(protocol_off) as *const u16) };
             if protocol != IPPROTO_ICMP as u16 && protocol != IPPROTO_ICMPV6 as u16 {
                 return 0;
             }
