@@ -45,23 +45,25 @@ impl TupleLayout {
 
 /// tcp:tcp_send_reset, attached raw: whether the kernel passes the RST
 /// reason (6.10+, the release that also made the tracepoint fire without
-/// a socket); UNSET when absent, anything else when present.
+/// a socket). 1 when it does; the tracepoint's format file says.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SendResetLayout {
-    pub reason: u16,
-    pub _pad: [u16; 3],
+pub struct SendResetArgs {
+    pub reason: u8,
+    pub _pad: [u8; 7],
 }
 
+/// skb:kfree_skb, attached raw: which arguments the kernel passes after
+/// `skb` and `location`. 1 when it does; the tracepoint's format file says.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KfreeSkbLayout {
+pub struct KfreeSkbArgs {
     /// `enum skb_drop_reason` (5.17+); absent on older kernels, which are
     /// read through `location` (the caller of kfree_skb) instead.
-    pub reason: u16,
+    pub reason: u8,
     /// The socket the packet was delivered to (6.12+ `rx_sk`); optional.
-    pub rx_sk: u16,
-    pub _pad: [u16; 2],
+    pub rx_sk: u8,
+    pub _pad: [u8; 6],
 }
 
 /// A function's text, `[start, end)`, from /proc/kallsyms: a kfree_skb
@@ -258,9 +260,9 @@ pub struct KernelValues {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
-    pub send_reset: SendResetLayout,
+    pub send_reset: SendResetArgs,
     pub retransmit_synack: TupleLayout,
-    pub kfree_skb: KfreeSkbLayout,
+    pub kfree_skb: KfreeSkbArgs,
     pub structs: StructOffsets,
     pub values: KernelValues,
     pub sources: Sources,
@@ -277,9 +279,9 @@ impl KernelConfig {
     /// A config that makes every program skip its optional reads; the daemon
     /// fills in what the running kernel provides.
     pub const UNSET: KernelConfig = KernelConfig {
-        send_reset: SendResetLayout { reason: UNSET, _pad: [0; 3] },
+        send_reset: SendResetArgs { reason: 0, _pad: [0; 7] },
         retransmit_synack: TupleLayout::UNSET,
-        kfree_skb: KfreeSkbLayout { reason: UNSET, rx_sk: UNSET, _pad: [0; 2] },
+        kfree_skb: KfreeSkbArgs { reason: 0, rx_sk: 0, _pad: [0; 6] },
         structs: StructOffsets::UNSET,
         values: KernelValues {
             drop_netfilter: u32::MAX,

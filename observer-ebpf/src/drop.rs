@@ -21,7 +21,7 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use observer_common::{
-    config::{source, UNSET},
+    config::source,
     record::{flags, inferred},
     Action, FailureRecord,
 };
@@ -60,7 +60,7 @@ pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
 /// says how to read it; None for every other freed packet.
 #[inline(always)]
 fn classify(ctx: &RawTracePointContext) -> Res<Option<(Drop, u32, u8)>> {
-    if config!(kfree_skb.reason) != UNSET {
+    if config!(kfree_skb.reason) != 0 {
         let reason: u32 = ctx.arg(ARG_REASON);
         let drop = if reason == config!(values.drop_netfilter)
             && config!(sources.netfilter) == source::NETFILTER_DROP_REASON
@@ -134,7 +134,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Res<()> {
         rec.flags |= flags::OUTBOUND;
     }
     if drop == Drop::ListenOverflow {
-        let rx_sk: u64 = if config!(kfree_skb.rx_sk) != UNSET { ctx.arg(ARG_RX_SK) } else { 0 };
+        let rx_sk: u64 = if config!(kfree_skb.rx_sk) != 0 { ctx.arg(ARG_RX_SK) } else { 0 };
         if rx_sk != 0 {
             if let Ok((len, max)) = kread::listener_queue(rx_sk as *const u8) {
                 rec.queue_len = len;

@@ -12,11 +12,7 @@
 //! them in two or three reads, and no perf record is built.
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use observer_common::{
-    config::{source, UNSET},
-    record::flags,
-    Action, FailureRecord,
-};
+use observer_common::{config::source, record::flags, Action, FailureRecord};
 
 use crate::{
     emit,
@@ -86,7 +82,7 @@ fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Res<()> {
         }
         rec
     };
-    if config!(send_reset.reason) != UNSET {
+    if config!(send_reset.reason) != 0 {
         rec.reason = ctx.arg(ARG_REASON);
     }
     let key = emit::key_of(&rec, rec.dst_port, rec.dst_addr);

@@ -176,7 +176,7 @@ impl KernelLayout {
             // reason, the mark of the 6.10 tracepoint, which fires without
             // a socket too (refused SYNs). Older ones fire only on a socket.
             if f.offset("reason", None).is_ok() {
-                config.send_reset.reason = 0;
+                config.send_reset.reason = 1;
                 send_reset_no_socket = true;
             }
             Ok(())
@@ -248,9 +248,9 @@ impl KernelLayout {
             off(f, "skbaddr", 8)?;
             off(f, "location", 8)?;
             // Optional: only used to attribute final-ACK overflows to the listener.
-            l.rx_sk = if off(f, "rx_sk", 8).is_ok() { 0 } else { UNSET };
+            l.rx_sk = off(f, "rx_sk", 8).is_ok() as u8;
             if f.offset("reason", None).is_ok() {
-                l.reason = 0;
+                l.reason = 1;
                 let t = f.table_with("NO_SOCKET").ok_or("kfree_skb has a reason field but no reason table")?;
                 config.values.drop_netfilter = value_of(&t, "NETFILTER_DROP").unwrap_or(u32::MAX);
                 config.values.drop_listen_overflow = value_of(&t, "TCP_LISTEN_OVERFLOW").unwrap_or(u32::MAX);
