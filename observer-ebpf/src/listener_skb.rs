@@ -75,6 +75,18 @@ fn pkt<T: Copy>(ctx: &SkBuffContext, off: usize) -> Res<T> {
     ctx.load(off).map_err(|_| -1)
 }
 
+/// The IPv4 (`alen` 4) or IPv6 address at `off` of the packet, in the
+/// records' 16-byte form.
+#[inline(always)]
+fn addr(ctx: &SkBuffContext, off: usize, alen: usize) -> Res<[u8; 16]> {
+    if alen == 16 {
+        return pkt(ctx, off);
+    }
+    let mut a = [0u8; 16];
+    a[..4].copy_from_slice(&pkt::<[u8; 4]>(ctx, off)?);
+    Ok(a)
+}
+
 fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: ctx.skb is the program's context pointer, valid for the run.
@@ -149,13 +161,7 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
         }
         (Action::SynQueueOverflow, synq)
     };
-    let mut dst_addr = [0u8; 16];
-    if alen == 4 {
-        let d: [u8; 4] = pkt(ctx, daddr_off)?;
-        dst_addr[..4].copy_from_slice(&d);
-    } else {
-        dst_addr = pkt(ctx, daddr_off)?;
-    }
+    let dst_addr = addr(ctx, daddr_off, alen)?;
     let ports: [u8; 4] = pkt(ctx, ip_len)?;
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
     let mut rec_flags = flags::HAS_LISTENER;
@@ -166,16 +172,7 @@ fn try_listener_ingress(ctx: &SkBuffContext) -> Res<()> {
     } else if action == Action::ListenOverflow {
         rec_flags |= flags::SYN_STAGE;
     }
-    let src = || -> Res<([u8; 16], u16)> {
-        let mut addr = [0u8; 16];
-        if alen == 4 {
-            let s: [u8; 4] = pkt(ctx, saddr_off)?;
-            addr[..4].copy_from_slice(&s);
-        } else {
-            addr = pkt(ctx, saddr_off)?;
-        }
-        Ok((addr, u16::from_be_bytes([ports[0], ports[1]])))
-    };
+    let src = || Ok((addr(ctx, saddr_off, alen)?, u16::from_be_bytes([ports[0], ports[1]])));
     let o = Overflow { action, queue_len, backlog: max, flags: rec_flags, reason };
     report(kread::sock_netns(tp)?, family as u8, (dst_addr, dst_port), src, o)
 }
