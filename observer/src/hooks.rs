@@ -243,6 +243,10 @@ pub struct LoadOptions<'a> {
     pub unavailable: &'a std::collections::BTreeMap<Hook, String>,
     /// Hooks whose failures another source sees on this kernel, with why.
     pub not_needed: &'a std::collections::BTreeMap<Hook, String>,
+    /// The kernel's BTF (`kernel.btf`), which the BTF tracepoint and the
+    /// fentry/fexit programs are loaded against: the file layout discovery
+    /// read its offsets from.
+    pub btf: &'a std::path::Path,
 }
 
 /// Loads and attaches with the daemon's configuration and the discovered layout.
@@ -259,6 +263,7 @@ pub fn load_configured(
         disabled: &disabled,
         unavailable: &layout.unavailable,
         not_needed: &layout.not_needed,
+        btf: &config.kernel.btf,
     })
 }
 
@@ -271,9 +276,10 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<(Ebpf, Vec<HookStatus>), aya::Ebpf
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .map_max_entries("COUNTERS", opts.counter_entries)
         .load(OBJECT)?;
-    // fentry/fexit programs are loaded against the kernel's BTF; without
-    // it only they fail (each hook says so).
-    let btf = Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"));
+    // BTF tracepoints and fentry/fexit programs are loaded against the
+    // kernel's BTF; without it only they fail (each hook says so).
+    let btf = Btf::parse_file(opts.btf, aya::Endianness::default())
+        .map_err(|e| format!("reading the kernel's BTF {}: {e}", opts.btf.display()));
     let mut statuses: Vec<HookStatus> = Vec::new();
     for spec in HOOKS {
         let state = if opts.disabled.contains(&spec.hook) {
