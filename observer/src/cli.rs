@@ -47,9 +47,6 @@ pub enum Command {
     /// A lab stand-in server or client (used by `observer lab`).
     #[command(hide = true)]
     LabPeer(crate::lab::peer::PeerArgs),
-    /// Throughput, CPU, memory and exactness under floods (`cargo xtask bench`).
-    #[command(hide = true)]
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]

@@ -130,6 +130,10 @@ pub struct DiagnosisConfig {
 pub struct EnrichConfig {
     /// The nft binary, for firewall rules.
     pub nft: String,
+    /// Deadline of each external command the enrichment runs (`nft`), in
+    /// milliseconds: a command that does not answer in time is killed, and
+    /// the diagnosis says the rule could not be read.
+    pub command_timeout_ms: u64,
     /// How often every namespace's listeners are polled into the history, in milliseconds.
     pub poll_interval_ms: u64,
     /// How old a namespace's listeners, sysctls and ruleset may be when a diagnosis reuses them.
@@ -160,6 +164,7 @@ impl Default for EnrichConfig {
     fn default() -> Self {
         EnrichConfig {
             nft: "nft".to_owned(),
+            command_timeout_ms: 2000,
             poll_interval_ms: 2000,
             snapshot_max_age_ms: 1000,
             listener_history_secs: 3600,
@@ -282,6 +287,12 @@ impl Config {
         if self.enrich.poll_interval_ms < 100 {
             return Err(format!("enrich.poll_interval_ms = {}: must be at least 100", self.enrich.poll_interval_ms));
         }
+        if !(100..=60_000).contains(&self.enrich.command_timeout_ms) {
+            return Err(format!(
+                "enrich.command_timeout_ms = {}: must be 100 to 60000",
+                self.enrich.command_timeout_ms
+            ));
+        }
         self.syslog.validate()?;
         self.metrics.validate()?;
         self.alerts.validate()?;
@@ -399,6 +410,9 @@ max_scan_sources = {maxs}
 [enrich]
 # The nft binary: diagnoses name the nftables rule that drops or rejects.
 nft = {nft:?}
+# Deadline of each nft run, in milliseconds: a command that does not answer
+# in time is killed, and the diagnosis says the rule could not be read.
+command_timeout_ms = {command_timeout_ms}
 # How often every network namespace's listeners are polled, so that a
 # listener that goes away is remembered with its process (milliseconds).
 poll_interval_ms = {poll}
@@ -445,6 +459,7 @@ kallsyms = {kallsyms:?}
             maxc = d.diagnosis.max_clients,
             maxs = d.diagnosis.max_scan_sources,
             nft = d.enrich.nft,
+            command_timeout_ms = d.enrich.command_timeout_ms,
             poll = d.enrich.poll_interval_ms,
             age = d.enrich.snapshot_max_age_ms,
             hist = d.enrich.listener_history_secs,

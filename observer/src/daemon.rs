@@ -1,7 +1,11 @@
 //! `observer run`: wires the stages together and owns their lifetimes.
 //!
-//! capture (ring buffer) -> decode -> diagnose (+ enrich) -> sinks, one
-//! direction, each stage a task joined by channels. Shutdown on
+//! capture (ring buffer) -> decode -> fan-out: every event straight to the
+//! sinks (JSON log, history, syslog, ...), and a copy to diagnose, whose
+//! records join the sinks when the enrich worker has their facts. One
+//! direction, each stage a task joined by channels; nothing on the way to
+//! the log waits for a diagnosis (a hung `nft` delays only the diagnosis
+//! that asked for it, by at most its deadline). Shutdown on
 //! SIGINT/SIGTERM: stop reading, drain what the kernel already submitted,
 //! detach the programs, fsync the log. SIGHUP (logrotate's postrotate)
 //! reopens the JSON log and nothing else: the configuration is only read at
@@ -25,7 +29,8 @@ use crate::{
     config::Config,
     counters::{CounterStage, KernelCounters},
     decode::{Clock, Decoder},
-    diagnose::Diagnoser,
+    diagnose::{record::DiagnosisRecord, Batch, Diagnoser},
+    enrich::{worker, Enricher, Facts, Query},
     event::FailureEvent,
     health, history,
     hooks::{self, HookState},
@@ -124,10 +129,25 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     let (tx, events) = mpsc::channel::<FailureEvent>(4096);
     let capture_task = tokio::spawn(capture.run(tx, shutdown_rx));
     let (records_tx, rx) = mpsc::channel::<Record>(4096);
-    let diagnoser = Diagnoser::new(config.diagnosis.clone(), &config.enrich);
-    let poll_every = Duration::from_millis(config.enrich.poll_interval_ms);
-    let poller = tokio::spawn(diagnoser.poller(poll_every));
-    let diagnose_task = tokio::spawn(diagnose(diagnoser, events, records_tx));
+    let (diagnose_tx, diagnose_rx) = mpsc::channel::<FailureEvent>(DIAGNOSE_QUEUE);
+    let fanout_task = tokio::spawn(fan_out(events, records_tx.clone(), diagnose_tx, stats.clone()));
+    let enricher = Arc::new(std::sync::Mutex::new(Enricher::new(
+        Duration::from_millis(config.enrich.snapshot_max_age_ms),
+        Duration::from_secs(config.enrich.listener_history_secs),
+        config.enrich.max_listener_history,
+    )));
+    let poller =
+        tokio::spawn(worker::poll_listeners(enricher.clone(), Duration::from_millis(config.enrich.poll_interval_ms)));
+    let enrich = worker::spawn(
+        enricher,
+        worker::FirewallSettings {
+            nft: config.enrich.nft.clone(),
+            timeout: Duration::from_millis(config.enrich.command_timeout_ms),
+            max_age: Duration::from_millis(config.enrich.snapshot_max_age_ms),
+        },
+    );
+    let diagnose_task =
+        tokio::spawn(diagnose(Diagnoser::new(config.diagnosis.clone()), diagnose_rx, enrich, records_tx));
 
     let history = store.map(|store| history::Writer::start(store, stats.clone(), config.history.pending_max));
     let reopen = Arc::new(Notify::new());
@@ -166,6 +186,9 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     poller.abort();
     if let Err(e) = capture_task.await {
         warn!("capture task ended abnormally: {e}");
+    }
+    if let Err(e) = fanout_task.await {
+        warn!("fan-out task ended abnormally: {e}");
     }
     if let Err(e) = diagnose_task.await {
         warn!("diagnose task ended abnormally: {e}");
@@ -327,43 +350,107 @@ async fn report_health(writer: Arc<health::Writer>, stats: Arc<Stats>) {
     }
 }
 
-/// The diagnose stage: forwards every failure event to the sinks, feeds
-/// the engine, and writes what is due on a 250 ms tick. Looking for due
-/// diagnoses walks every tracked endpoint, so it runs on the tick rather
-/// than after every burst, which in a flood comes thousands of times a
-/// second; updates and resolutions need the tick anyway.
-async fn diagnose(mut diagnoser: Diagnoser, mut events: mpsc::Receiver<FailureEvent>, out: mpsc::Sender<Record>) {
+/// Events the diagnose stage may hold before the fan-out drops its copies
+/// (counted as `diagnosis_dropped`). It only keeps counts in memory, so it
+/// falls this far behind only when its task is starved; the log and the
+/// history have every event all the same.
+const DIAGNOSE_QUEUE: usize = 65_536;
+
+/// The fan-out after decode: every event to the sinks, and a copy to the
+/// diagnose stage that never makes the sinks wait (`try_send`).
+async fn fan_out(
+    mut events: mpsc::Receiver<FailureEvent>,
+    records: mpsc::Sender<Record>,
+    diagnose: mpsc::Sender<FailureEvent>,
+    stats: Arc<Stats>,
+) {
+    while let Some(e) = events.recv().await {
+        if diagnose.try_send(e.clone()).is_err() {
+            Stats::inc(&stats.diagnosis_dropped);
+        }
+        if records.send(Record::Failure(e)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The diagnose stage: feeds the engine, and on a 250 ms tick hands what
+/// is due to the enrich worker; the records are sent to the sinks when
+/// their facts come back. Looking for due diagnoses walks every tracked
+/// endpoint, so it runs on the tick rather than after every burst, which
+/// in a flood comes thousands of times a second; updates and resolutions
+/// need the tick anyway.
+async fn diagnose(
+    mut diagnoser: Diagnoser,
+    mut events: mpsc::Receiver<FailureEvent>,
+    worker::Handle { jobs: enrich, done: mut facts }: worker::Handle<Batch>,
+    out: mpsc::Sender<Record>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = events.recv() => {
-                let Some(first) = event else {
-                    // At shutdown: what the next tick would have opened
-                    // (a burst right before the stop), then the last counts
-                    // of every open diagnosis.
-                    let due = diagnoser.due().await;
-                    for d in due.into_iter().chain(diagnoser.unwritten().await) {
-                        let _ = out.send(Record::Diagnosis(Box::new(d))).await;
-                    }
-                    break;
-                };
+                let Some(first) = event else { break };
                 let mut next = Some(first);
                 while let Some(e) = next.take() {
                     diagnoser.observe(&e);
-                    if out.send(Record::Failure(e)).await.is_err() {
-                        return;
-                    }
                     next = events.try_recv().ok();
                 }
             }
+            Some((batch, got)) = facts.recv() => {
+                if !send(&out, diagnoser.write(batch, got)).await {
+                    return;
+                }
+            }
             _ = tick.tick() => {
-                for d in diagnoser.due().await {
-                    if out.send(Record::Diagnosis(Box::new(d))).await.is_err() {
+                if let Some(job) = diagnoser.due() {
+                    if enrich.send(job).await.is_err() {
                         return;
                     }
                 }
             }
         }
     }
+    // At shutdown: the batches with the enricher, what the next tick would
+    // have opened (a burst right before the stop), then the last counts of
+    // every open diagnosis. The worker's deadlines bound the wait.
+    while diagnoser.waiting() {
+        let Some((batch, got)) = facts.recv().await else { return };
+        if !send(&out, diagnoser.write(batch, got)).await {
+            return;
+        }
+    }
+    let due = diagnoser.due();
+    if round_trip(&mut diagnoser, due, &enrich, &mut facts, &out).await {
+        let unwritten = diagnoser.unwritten();
+        round_trip(&mut diagnoser, unwritten, &enrich, &mut facts, &out).await;
+    }
+}
+
+/// One batch through the enrich worker and into the sinks, waited for (at
+/// shutdown). False when a channel closed.
+async fn round_trip(
+    diagnoser: &mut Diagnoser,
+    job: Option<(Batch, Vec<Query>)>,
+    enrich: &mpsc::Sender<(Batch, Vec<Query>)>,
+    facts: &mut mpsc::Receiver<(Batch, Vec<Facts>)>,
+    out: &mpsc::Sender<Record>,
+) -> bool {
+    let Some(job) = job else { return true };
+    if enrich.send(job).await.is_err() {
+        return false;
+    }
+    let Some((batch, got)) = facts.recv().await else { return false };
+    send(out, diagnoser.write(batch, got)).await
+}
+
+/// Diagnosis records to the sinks; false when they are gone.
+async fn send(out: &mpsc::Sender<Record>, records: Vec<DiagnosisRecord>) -> bool {
+    for d in records {
+        if out.send(Record::Diagnosis(Box::new(d))).await.is_err() {
+            return false;
+        }
+    }
+    true
 }

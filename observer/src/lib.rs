@@ -5,7 +5,6 @@
 //! `capture` (ring buffer) -> `decode` (wire record -> `event`) -> `enrich` +
 //! `diagnose` (sliding windows -> diagnosis records) -> `sink`.
 
-pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -77,8 +77,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Why(args) => {
             let reader = Reader::open(&config.daemon.state_dir).map_err(|e| e.to_string());
-            let why =
-                views::why::WhyArgs { port: args.port, since: args.since, netns: args.netns, nft: config.enrich.nft };
+            let why = views::why::WhyArgs {
+                port: args.port,
+                since: args.since,
+                netns: args.netns,
+                nft: config.enrich.nft,
+                nft_timeout: std::time::Duration::from_millis(config.enrich.command_timeout_ms),
+            };
             views::why::show(&why, reader, &mut std::io::stdout().lock())
         }
         Command::Doctor(args) => {
@@ -113,6 +118,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::LabPeer(args) => observer::lab::peer::run(args),
-        Command::Bench(args) => observer::bench::run(&args),
     }
 }

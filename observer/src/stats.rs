@@ -18,6 +18,9 @@ pub struct Stats {
     pub history_errors: AtomicU64,
     /// Records the history could not keep (its queue was full).
     pub history_dropped: AtomicU64,
+    /// Events the diagnose stage could not take (its queue was full): in
+    /// the log and the history, missing from the diagnoses' counts.
+    pub diagnosis_dropped: AtomicU64,
 
     // Loss accounting (observer/src/counters.rs). The kernel_* values are the
     // kernel's `LOSS` slots summed over CPUs: totals since the programs
@@ -70,6 +73,7 @@ impl Stats {
             ("history_written", &self.history_written),
             ("history_errors", &self.history_errors),
             ("history_dropped", &self.history_dropped),
+            ("diagnosis_dropped", &self.diagnosis_dropped),
             ("kernel_ringbuf_full", &self.kernel_ringbuf_full),
             ("kernel_counter_map_full", &self.kernel_counter_map_full),
             ("kernel_read_failed", &self.kernel_read_failed),

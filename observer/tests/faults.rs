@@ -281,3 +281,67 @@ fn a_refused_storm_above_the_sampling_limit_stays_outbound_refused() {
     assert!(kinds.iter().any(|k| k == "outbound_refused"), "{kinds:?}");
     assert!(kinds.iter().all(|k| k == "outbound_refused"), "{kinds:?}");
 }
+
+/// A hung `nft` (a stub first on the daemon's PATH that sleeps) must not
+/// hold the log: while a firewall-drop diagnosis waits for the stub's
+/// deadline, every drop still reaches the JSON log at once; then the stub
+/// is killed and the diagnosis says the rule could not be read.
+#[test]
+fn a_hung_nft_does_not_delay_the_log() {
+    let stubs = tempfile::tempdir().unwrap();
+    // A marker argument, to find the stub's process afterwards.
+    let marker = format!("59{}", std::process::id());
+    let nft = stubs.path().join("nft");
+    std::fs::write(&nft, format!("#!/bin/sh\nexec sleep {marker}\n")).unwrap();
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", stubs.path().display(), std::env::var("PATH").unwrap_or_default());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let timeout_ms = 3000;
+    let config = format!("[enrich]\ncommand_timeout_ms = {timeout_ms}\n");
+    let d = Daemon::start_env(dir, &state, &[], Some(&config), &[("PATH", &path)]);
+    let ns = Netns::new("hungnft");
+    ns.nft("table inet fw {\n  chain input {\n    type filter hook input priority 0;\n    tcp dport 8097 tcp flags syn drop\n  }\n}\n");
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    // One dropped SYN every 250 ms for longer than the stub's deadline:
+    // the diagnosis opens after the first few and waits on the stub.
+    for i in 0..20u16 {
+        let from = sa("127.0.0.1", 47300 + i);
+        let sent = Instant::now();
+        let _s = ns.run(move || common::start_connect(from, sa("127.0.0.1", 8097)));
+        loop {
+            let seen = d.events().iter().any(|e| {
+                e.event.action == Action::FirewallDrop && e.source.port == 47300 + i && e.observer.netns == ns.inode()
+            });
+            if seen {
+                worst = worst.max(sent.elapsed());
+                break;
+            }
+            assert!(sent.elapsed() < Duration::from_secs(5), "drop {i} not in the log within 5 s:\n{}", d.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(250).saturating_sub(sent.elapsed()));
+    }
+    assert!(started.elapsed() > Duration::from_millis(timeout_ms), "the drops must outlast the stub's deadline");
+    // The log's flush follows each burst at once; one second is the bound
+    // a reader of the log would notice, far below the stub's 3 s.
+    assert!(worst < Duration::from_secs(1), "a drop took {worst:?} to reach the log while nft hung");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let diagnosis = loop {
+        let found = d.diagnoses().into_iter().find(|r| r["diagnosis"]["kind"] == "firewall_drop");
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no firewall_drop diagnosis:\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = diagnosis["diagnosis"]["evidence"].to_string();
+    assert!(text.contains(&format!("no answer within {timeout_ms} ms (killed)")), "evidence: {text}");
+    let stub_left = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&marker)));
+    assert!(!stub_left, "the hung nft stub was not killed");
+    d.stop();
+}

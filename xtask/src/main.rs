@@ -77,7 +77,7 @@ enum Task {
     /// storm and a SYN flood against a baseline, a bpftrace peer and the
     /// kernel's counters; prints a table, writes target/bench/bench-<time>.json.
     Bench {
-        /// Arguments for `observer bench` (e.g. `--rounds 5 --seconds 3`).
+        /// Arguments for `observer-bench` (e.g. `--rounds 5 --seconds 3`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -125,9 +125,21 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
             if !nix_is_root() {
                 bail!("the benchmark needs root (it loads eBPF programs and creates network namespaces)");
             }
+            setup::run()?;
+            // The observer measured is the release build an admin installs;
+            // the benchmark and its load generators are a crate of their own
+            // (observer-bench), never part of that binary.
+            status(Command::new("cargo").args(["build", "--release", "-p", "observer", "-p", "observer-bench"]))?;
+            let release = workspace().join("target/release");
             // The report lands in the workspace's target/, wherever cargo was started.
-            let out = workspace().join("target/bench").to_string_lossy().into_owned();
-            observer(&["bench", "--out", &out], &args)?
+            status(
+                Command::new(release.join("observer-bench"))
+                    .arg("--observer")
+                    .arg(release.join("observer"))
+                    .arg("--out")
+                    .arg(workspace().join("target/bench"))
+                    .args(&args),
+            )?
         }
         Task::Install { root } => install::run(&root)?,
     }

@@ -1,41 +1,47 @@
 //! Diagnose stage: failure events in, diagnosis records out.
 //!
 //! `engine` decides what is due (pure bookkeeping over sliding windows),
-//! the enricher adds what the live system says (blocking work, done off
-//! the async threads), `explain` writes the sentence and the advice.
+//! the enrich worker adds what the live system says (on its own task; see
+//! `enrich::worker`), `explain` writes the sentence and the advice.
 
 pub mod engine;
 pub mod explain;
 pub mod group;
 pub mod record;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::SystemTime,
-};
+use std::{collections::HashSet, time::SystemTime};
 
-use self::{engine::Engine, group::Class, record::DiagnosisRecord};
+use self::{
+    engine::{Due, Engine},
+    group::{Class, Key},
+    record::DiagnosisRecord,
+};
 use crate::{
-    config::{DiagnosisConfig, EnrichConfig},
-    enrich::{Enricher, Facts, Query},
+    config::DiagnosisConfig,
+    enrich::{Facts, Query, Verdict},
     event::FailureEvent,
 };
 
+/// The engine and what it waits for. Synchronous: the facts are read by
+/// the enrich worker, between `due` (which hands out a batch and its
+/// queries) and `write` (which takes the batch back with its facts).
 pub struct Diagnoser {
     engine: Engine,
-    enricher: Arc<Mutex<Enricher>>,
     own_netns: Option<u32>,
+    /// Endpoints whose batch is with the enricher: not handed out again
+    /// until it is written, so that one diagnosis is not opened twice.
+    waiting: HashSet<Key>,
+}
+
+/// Diagnoses due, waiting for their facts.
+#[derive(Debug)]
+pub struct Batch {
+    due: Vec<Due>,
 }
 
 impl Diagnoser {
-    pub fn new(cfg: DiagnosisConfig, enrich: &EnrichConfig) -> Diagnoser {
-        let enricher = Enricher::new(
-            &enrich.nft,
-            std::time::Duration::from_millis(enrich.snapshot_max_age_ms),
-            std::time::Duration::from_secs(enrich.listener_history_secs),
-            enrich.max_listener_history,
-        );
-        Diagnoser { engine: Engine::new(cfg), enricher: Arc::new(Mutex::new(enricher)), own_netns: crate::netns::own() }
+    pub fn new(cfg: DiagnosisConfig) -> Diagnoser {
+        Diagnoser { engine: Engine::new(cfg), own_netns: crate::netns::own(), waiting: HashSet::new() }
     }
 
     pub fn observe(&mut self, e: &FailureEvent) {
@@ -46,60 +52,57 @@ impl Diagnoser {
         self.engine.stats.evicted
     }
 
-    /// A task that polls every namespace's listeners into the history, on
-    /// the blocking pool, so that the event path never waits for it.
-    pub fn poller(&self, every: std::time::Duration) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let enricher = self.enricher.clone();
-        async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let enricher = enricher.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Ok(mut e) = enricher.lock() {
-                        e.poll();
-                    }
-                })
-                .await;
-            }
-        }
+    /// Whether a batch is with the enricher.
+    pub fn waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
-    /// The diagnoses due now, with their facts.
-    pub async fn due(&mut self) -> Vec<DiagnosisRecord> {
+    /// The diagnoses due now, and what to ask the enricher for them.
+    pub fn due(&mut self) -> Option<(Batch, Vec<Query>)> {
         let due = self.engine.due(SystemTime::now());
-        self.write(due).await
+        self.batch(due)
     }
 
     /// At shutdown: the open diagnoses whose last counts are not written yet.
-    pub async fn unwritten(&mut self) -> Vec<DiagnosisRecord> {
+    pub fn unwritten(&mut self) -> Option<(Batch, Vec<Query>)> {
         let due = self.engine.unwritten();
-        self.write(due).await
+        self.batch(due)
     }
 
-    async fn write(&mut self, due: Vec<engine::Due>) -> Vec<DiagnosisRecord> {
-        let now = SystemTime::now();
+    fn batch(&mut self, due: Vec<Due>) -> Option<(Batch, Vec<Query>)> {
+        let due: Vec<Due> = due.into_iter().filter(|d| !self.waiting.contains(&d.key)).collect();
         if due.is_empty() {
-            return Vec::new();
+            return None;
         }
-        let queries: Vec<Query> = due
+        let queries = due
             .iter()
             .map(|d| Query {
                 netns: d.key.netns,
                 port: d.key.port,
                 client: self.engine.group_of(&d.key).and_then(|g| g.top_clients(1).first().copied()),
                 verdict: match d.key.class {
-                    Class::FirewallDrop => Some("drop"),
-                    Class::FirewallReject => Some("reject"),
+                    Class::FirewallDrop => Some(Verdict::Drop),
+                    Class::FirewallReject => Some(Verdict::Reject),
                     _ => None,
                 },
                 fresh: d.status == record::Status::Open,
             })
             .collect();
-        let facts = self.facts(queries).await;
-        let mut out = Vec::with_capacity(due.len());
-        for (d, facts) in due.iter().zip(facts) {
+        self.waiting.extend(due.iter().map(|d| d.key));
+        Some((Batch { due }, queries))
+    }
+
+    /// The records of a batch, now that its facts are here (one per due
+    /// diagnosis, in order).
+    pub fn write(&mut self, batch: Batch, facts: Vec<Facts>) -> Vec<DiagnosisRecord> {
+        let now = SystemTime::now();
+        let mut out = Vec::with_capacity(batch.due.len());
+        let facts = facts.into_iter().chain(std::iter::repeat_with(|| Facts {
+            errors: vec!["enrichment failed".to_owned()],
+            ..Facts::default()
+        }));
+        for (d, facts) in batch.due.iter().zip(facts) {
+            self.waiting.remove(&d.key);
             let Some(g) = self.engine.group_of(&d.key) else { continue };
             let kind = g.opened.as_ref().map(|o| o.kind).unwrap_or_else(|| explain::kind(&d.key, &facts));
             let cx = explain::Context {
@@ -118,21 +121,5 @@ impl Diagnoser {
             out.push(rec);
         }
         out
-    }
-
-    async fn facts(&self, queries: Vec<Query>) -> Vec<Facts> {
-        let enricher = self.enricher.clone();
-        let n = queries.len();
-        let got = tokio::task::spawn_blocking(move || match enricher.lock() {
-            Ok(mut e) => queries.into_iter().map(|q| e.facts(q)).collect(),
-            Err(_) => Vec::new(),
-        })
-        .await
-        .unwrap_or_default();
-        if got.len() == n {
-            got
-        } else {
-            (0..n).map(|_| Facts { errors: vec!["enrichment failed".to_owned()], ..Facts::default() }).collect()
-        }
     }
 }

@@ -1,13 +1,14 @@
 //! The nftables rule that drops or rejects a port, read from the live
-//! ruleset of the calling thread's namespace (`nft -j list ruleset` for the
-//! structure, `nft -a list ruleset` for the rule as the admin wrote it).
+//! ruleset of a namespace (`nft -j list ruleset` for the structure,
+//! `nft -a list ruleset` for the rule as the admin wrote it), each run with
+//! a deadline (`command`).
 //! iptables-nft rules are nftables rules and show up the same way.
 //!
 //! The `nft` JSON schema is parsed with serde_json directly: matching needs
 //! only match expressions on the destination port and source address and
 //! the verdict, and a typed schema crate would not evaluate them either.
 
-use std::{collections::HashMap, net::IpAddr, process::Command};
+use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -46,19 +47,25 @@ struct Rule {
     saddr: Option<Vec<Value>>,
 }
 
-/// Reads the live ruleset with the `nft` binary.
-pub fn load(nft: &str) -> Result<Ruleset, String> {
-    let json = run(nft, &["-j", "list", "ruleset"])?;
-    let text = run(nft, &["-a", "list", "ruleset"])?;
-    Ruleset::parse(&json, &text)
+/// Reads the live ruleset of the namespace of `netns` (a namespace file;
+/// `None`: the caller's own) with the `nft` binary; each of its two runs
+/// gets `timeout`.
+pub async fn load(nft: &str, netns: Option<&Path>, timeout: Duration) -> Result<Ruleset, String> {
+    let (json, text) = tokio::join!(
+        super::command::output(nft, &["-j", "list", "ruleset"], netns, timeout),
+        super::command::output(nft, &["-a", "list", "ruleset"], netns, timeout),
+    );
+    Ruleset::parse(&json?, &text?)
 }
 
-fn run(nft: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(nft).args(args).output().map_err(|e| format!("running {nft}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{nft} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    String::from_utf8(out.stdout).map_err(|e| format!("{nft} output: {e}"))
+/// `load` for the CLI (`observer why`), which has no runtime of its own; in
+/// the calling thread's namespace when `netns` is `None`.
+pub fn load_blocking(nft: &str, netns: Option<&Path>, timeout: Duration) -> Result<Ruleset, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a runtime for {nft}: {e}"))?;
+    rt.block_on(load(nft, netns, timeout))
 }
 
 impl Ruleset {

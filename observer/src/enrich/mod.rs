@@ -10,10 +10,12 @@
 //! afterwards. So every namespace is polled (`poll`), and each listener is
 //! remembered with its owner until `history` after it disappears.
 
+pub mod command;
 pub mod firewall;
 pub mod listeners;
 pub mod owners;
 pub mod sysctl;
+pub mod worker;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -82,21 +84,39 @@ pub struct Query {
     pub netns: u32,
     pub port: u16,
     pub client: Option<IpAddr>,
-    /// `drop` or `reject` when the firewall rule is wanted.
-    pub verdict: Option<&'static str>,
+    /// The firewall verdict whose rule is wanted (firewall diagnoses).
+    pub verdict: Option<Verdict>,
     /// Read the namespace now rather than reuse a recent snapshot: when a
     /// diagnosis opens, a listener that closed a moment ago must not count.
     pub fresh: bool,
 }
 
+/// What nftables did to the packet, for the rule that did it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Drop,
+    Reject,
+}
+
+impl Verdict {
+    /// The verdict's word in the nftables ruleset.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Drop => "drop",
+            Verdict::Reject => "reject",
+        }
+    }
+}
+
+/// The facts read from the kernel and /proc: sock_diag, sysctls, owners,
+/// and the listener history. Blocking, and quick (no external command):
+/// the worker runs it on the blocking pool, and the firewall after it.
 pub struct Enricher {
     dir: Directory,
-    nft: String,
     max_age: Duration,
     history_for: Duration,
     history_cap: usize,
     snapshots: HashMap<u32, (Instant, Arc<Snapshot>)>,
-    rulesets: HashMap<u32, (Instant, Arc<Result<firewall::Ruleset, String>>)>,
     owners: HashMap<u64, Owner>,
     history: HashMap<(u32, IpAddr, u16), Seen>,
 }
@@ -104,15 +124,13 @@ pub struct Enricher {
 impl Enricher {
     /// `max_age`: how old a namespace snapshot may be when reused;
     /// `history_for`: how long a listener is remembered after it went away.
-    pub fn new(nft: &str, max_age: Duration, history_for: Duration, history_cap: usize) -> Enricher {
+    pub fn new(max_age: Duration, history_for: Duration, history_cap: usize) -> Enricher {
         Enricher {
             dir: Directory::default(),
-            nft: nft.to_owned(),
             max_age,
             history_for,
             history_cap,
             snapshots: HashMap::new(),
-            rulesets: HashMap::new(),
             owners: HashMap::new(),
             history: HashMap::new(),
         }
@@ -130,7 +148,17 @@ impl Enricher {
         self.prune(now);
     }
 
-    /// The facts for a query, from a snapshot at most `max_age` old.
+    /// A file that refers to the namespace, for a command run inside it;
+    /// `None` for the daemon's own namespace (nothing to join).
+    pub fn netns_path(&mut self, netns: u32) -> Result<Option<std::path::PathBuf>, String> {
+        if netns::own() == Some(netns) {
+            return Ok(None);
+        }
+        self.dir.path(netns).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// The facts for a query, from a snapshot at most `max_age` old; all
+    /// but the firewall rule, which the worker reads after.
     pub fn facts(&mut self, q: Query) -> Facts {
         let mut facts = Facts::default();
         let now = SystemTime::now();
@@ -158,27 +186,7 @@ impl Enricher {
             .filter(|s| s.netns == q.netns && s.gone.is_some() && s.listener.listener.port == q.port)
             .max_by_key(|s| s.last_present)
             .cloned();
-        if let Some(verdict) = q.verdict {
-            match self.ruleset(q.netns).as_ref() {
-                Ok(rs) => facts.firewall = rs.matching(q.port, q.client, verdict),
-                Err(e) => facts.errors.push(format!("nftables ruleset: {e}")),
-            }
-        }
         facts
-    }
-
-    fn ruleset(&mut self, netns: u32) -> Arc<Result<firewall::Ruleset, String>> {
-        if let Some((at, rs)) = self.rulesets.get(&netns) {
-            if at.elapsed() < self.max_age {
-                return rs.clone();
-            }
-        }
-        let nft = self.nft.clone();
-        let rs = Arc::new(
-            netns::run_in(&mut self.dir, netns, move || firewall::load(&nft)).unwrap_or_else(|e| Err(e.to_string())),
-        );
-        self.rulesets.insert(netns, (Instant::now(), rs.clone()));
-        rs
     }
 
     fn refresh(&mut self, netns: u32, now: SystemTime) -> Result<Arc<Snapshot>, String> {
@@ -232,6 +240,5 @@ impl Enricher {
         self.owners.retain(|ino, _| live.contains(ino));
         let max_age = self.max_age;
         self.snapshots.retain(|_, (at, _)| at.elapsed() < max_age * 4);
-        self.rulesets.retain(|_, (at, _)| at.elapsed() < max_age * 4);
     }
 }

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
-use self::scenarios::{Bench, Expect, Scenario};
+use self::scenarios::{Expect, Rig, Scenario};
 use crate::diagnose::record::{DiagnosisRecord, Kind};
 
 /// The latency budget: a diagnosis must appear this soon after its
@@ -202,7 +202,7 @@ fn one(s: Scenario, net: u8, exe: PathBuf, poll: Duration, seen: &Mutex<Seen>) -
     // after another, a new namespace can carry the inode of one that is
     // gone, so diagnoses from before this scenario began are not its own.
     let begun = SystemTime::now();
-    let mut bench = Bench { exe, net, link: None, started: None, settle: BUDGET + Duration::from_secs(1), poll };
+    let mut rig = Rig { exe, net, link: None, started: None, settle: BUDGET + Duration::from_secs(1), poll };
     let expected = match &s.expect {
         Expect::Diagnosis { kind, port, process } => {
             format!("{kind} :{port} {}", process.unwrap_or("-"))
@@ -220,12 +220,12 @@ fn one(s: Scenario, net: u8, exe: PathBuf, poll: Duration, seen: &Mutex<Seen>) -
         pass: false,
         why: String::new(),
     };
-    if let Err(e) = (s.build)(&mut bench) {
+    if let Err(e) = (s.build)(&mut rig) {
         outcome.why = format!("building the scenario failed: {e}");
         return outcome;
     }
-    let started = bench.started.unwrap_or_else(SystemTime::now);
-    let Some(link) = bench.link.as_ref() else {
+    let started = rig.started.unwrap_or_else(SystemTime::now);
+    let Some(link) = rig.link.as_ref() else {
         outcome.why = "the scenario built no namespaces".to_owned();
         return outcome;
     };
@@ -283,7 +283,7 @@ fn one(s: Scenario, net: u8, exe: PathBuf, poll: Duration, seen: &Mutex<Seen>) -
             }
         }
         Expect::Nothing { allowed } => {
-            std::thread::sleep(bench.settle);
+            std::thread::sleep(rig.settle);
             outcome.produced = produced(seen);
             let bad: Vec<String> = outcome
                 .produced

@@ -25,11 +25,11 @@ pub struct Scenario {
     pub name: &'static str,
     pub what: &'static str,
     pub expect: Expect,
-    pub build: fn(&mut Bench) -> Result<(), String>,
+    pub build: fn(&mut Rig) -> Result<(), String>,
 }
 
 /// What a scenario builds, kept alive until its verdict.
-pub struct Bench {
+pub struct Rig {
     pub exe: PathBuf,
     pub net: u8,
     pub link: Option<Link>,
@@ -41,7 +41,7 @@ pub struct Bench {
     pub poll: Duration,
 }
 
-impl Bench {
+impl Rig {
     fn link(&mut self, tag: &str) -> Result<&mut Link, String> {
         self.link = Some(Link::new(tag, self.net)?);
         self.link.as_mut().ok_or_else(|| "no link".to_owned())
@@ -130,7 +130,7 @@ fn server_rule(port: u16, verdict: &str) -> String {
     )
 }
 
-fn port_arg(b: &Bench, v6: bool, port: u16) -> String {
+fn port_arg(b: &Rig, v6: bool, port: u16) -> String {
     b.server(v6, port).to_string()
 }
 

@@ -22,6 +22,8 @@ pub struct WhyArgs {
     /// The namespace to look into; the caller's own when `None`.
     pub netns: Option<u32>,
     pub nft: String,
+    /// Deadline of each nft run.
+    pub nft_timeout: Duration,
 }
 
 /// The live part, read inside the namespace.
@@ -34,10 +36,11 @@ struct Live {
 fn live(args: &WhyArgs) -> Result<Live, String> {
     let port = args.port;
     let nft = args.nft.clone();
+    let nft_timeout = args.nft_timeout;
     let read = move || Live {
         listeners: listeners::dump().map_err(|e| e.to_string()),
         sysctls: sysctl::read(),
-        rules: firewall::load(&nft).map(|rs| {
+        rules: firewall::load_blocking(&nft, None, nft_timeout).map(|rs| {
             ["drop", "reject"]
                 .iter()
                 .filter_map(|v| rs.matching(port, None, v))

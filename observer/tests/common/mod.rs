@@ -6,93 +6,53 @@ use std::{
     fs::File,
     io::{BufRead, BufReader, Read},
     net::{IpAddr, SocketAddr},
-    os::fd::AsFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc, Arc, Mutex,
-    },
+    sync::{mpsc, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use observer::event::FailureEvent;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
+/// The lab's namespace helper (`observer::lab::ns`, one implementation for
+/// the lab and the tests), in the tests' manner: a namespace that cannot be
+/// set up fails the test with the reason.
+pub struct Netns(pub observer::lab::ns::Netns);
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+impl std::ops::Deref for Netns {
+    type Target = observer::lab::ns::Netns;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-/// A network namespace, removed on drop.
-pub struct Netns {
-    pub name: String,
+fn must<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Netns {
     /// A new namespace with loopback up.
     pub fn new(tag: &str) -> Netns {
-        let name = format!("obs-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    /// The namespace inode: what the observer reports as `observer.netns`.
-    pub fn inode(&self) -> u32 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(self.path()).expect("netns path").ino() as u32
+        Netns(must(observer::lab::ns::Netns::new(tag)))
     }
 
     pub fn ip(&self, args: &[&str]) {
-        let mut v = vec!["ip", "-n", &self.name];
-        v.extend_from_slice(args);
-        sh(&v);
+        must(self.0.ip(args))
     }
 
     /// Runs a command inside the namespace (`ip netns exec`).
     pub fn exec(&self, args: &[&str]) {
-        let mut v = vec!["ip", "netns", "exec", &self.name];
-        v.extend_from_slice(args);
-        sh(&v);
+        must(self.0.exec(args))
     }
 
     /// Loads an nftables ruleset into the namespace.
     pub fn nft(&self, ruleset: &str) {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn nft");
-        child.stdin.take().expect("stdin").write_all(ruleset.as_bytes()).expect("write ruleset");
-        let out = child.wait_with_output().expect("nft");
-        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+        must(self.0.nft(ruleset))
     }
 
-    /// Runs `f` on a thread that has joined this namespace (setns affects
-    /// only the calling thread, so the test's own threads are untouched).
+    /// Runs `f` on a thread that has joined this namespace.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = File::open(self.path()).expect("open netns");
-        std::thread::spawn(move || {
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread panicked")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        must(self.0.run(f))
     }
 }
 
@@ -139,8 +99,20 @@ impl Daemon {
     /// Starts the daemon on a given state directory (to restart it on the
     /// same history); `dir` holds the log and the config file.
     pub fn start_in(dir: tempfile::TempDir, state: &Path, args: &[&str], config: Option<&str>) -> Daemon {
+        Daemon::start_env(dir, state, args, config, &[])
+    }
+
+    /// `start_in` with extra environment variables (a PATH with stubs, say).
+    pub fn start_env(
+        dir: tempfile::TempDir,
+        state: &Path,
+        args: &[&str],
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log = dir.path().join("events.ndjson");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_observer"));
+        cmd.envs(env.iter().copied());
         if let Some(text) = config {
             let path = dir.path().join("observer.toml");
             std::fs::write(&path, text).expect("write config");
@@ -187,6 +159,18 @@ impl Daemon {
 
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Every diagnosis record written so far, as JSON.
+    pub fn diagnoses(&self) -> Vec<serde_json::Value> {
+        let mut text = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"]["dataset"] == "observer.diagnosis")
+            .collect()
     }
 
     /// Every event written so far (a torn last line is ignored).

@@ -26,7 +26,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _};
 
 use super::{load::Load, peer::process_cpu};
-use crate::lab::ns::Netns;
+use observer::lab::ns::Netns;
 
 const WEB_PORT: u16 = 8081;
 const IPERF_PORT: u16 = 5201;

@@ -118,12 +118,11 @@ fn watch(
 
 impl Running {
     /// Starts `peer`; returns once it is ready (programs attached).
-    pub fn start(peer: Peer, dir: &Path, bpftrace: Option<&str>) -> anyhow::Result<Running> {
+    pub fn start(peer: Peer, dir: &Path, observer: &Path, bpftrace: Option<&str>) -> anyhow::Result<Running> {
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (child, ready, log) = match peer {
             Peer::Baseline => return Ok(Running { peer, child: None, log: None, stderr, reader: None }),
             Peer::Observer | Peer::ObserverNoFallbacks => {
-                let exe = std::env::current_exe().context("finding the observer binary")?;
                 let config = dir.join("observer.toml");
                 let disabled =
                     if peer == Peer::ObserverNoFallbacks { "\"listener_ingress\", \"net_dev_queue\"" } else { "" };
@@ -132,7 +131,7 @@ impl Running {
                 let log = dir.join("events.ndjson");
                 let _ = std::fs::remove_file(&log);
                 let _ = std::fs::remove_dir_all(dir.join("state"));
-                let mut child = Command::new(exe)
+                let mut child = Command::new(observer)
                     .arg("--config")
                     .arg(&config)
                     .arg("--state-dir")

@@ -1,6 +1,11 @@
-//! `observer bench` (hidden; `cargo xtask bench` builds the release binary
-//! and runs it): what the observer costs, in network namespaces on
-//! loopback, against a baseline taken in the same run.
+//! `observer-bench` (`cargo xtask bench` builds it and the observer's
+//! release binary, and runs it): what the observer costs, in network
+//! namespaces on loopback, against a baseline taken in the same run.
+//!
+//! A developer tool, not part of the product: its load generators (a
+//! raw-socket SYN flooder, connect() storms) have no place in the binary
+//! an admin installs, so they live in this crate of their own, which
+//! `cargo xtask install` never builds.
 //!
 //! 1. healthy web traffic: nginx answering wrk with `Connection: close`,
 //!    requests per second; and small messages: iperf3 with 128-byte
@@ -25,9 +30,9 @@
 //! divided by the baseline's rate of the same round. Every run is bounded by
 //! `--seconds` and `--max-failures`.
 
-pub mod healthy;
-pub mod load;
-pub mod peer;
+mod healthy;
+mod load;
+mod peer;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -42,10 +47,16 @@ use observer_common::Action;
 use serde::Serialize;
 
 use self::peer::{Peer, ProgramStat, Running};
-use crate::{event::FailureEvent, lab::ns::Netns};
+use observer::{event::FailureEvent, lab::ns::Netns};
 
-#[derive(Debug, clap::Args)]
+/// What the observer costs healthy traffic and failure storms, against a
+/// baseline and a bpftrace peer in the same run (as root).
+#[derive(Debug, clap::Parser)]
+#[command(name = "observer-bench")]
 pub struct BenchArgs {
+    /// The observer binary to measure (default: `observer` beside this one).
+    #[arg(long, value_name = "PATH")]
+    pub observer: Option<PathBuf>,
     /// Rounds: each runs every peer once per workload, order alternating.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
@@ -139,12 +150,14 @@ struct Env {
     /// nginx and iperf3, when a healthy workload runs.
     healthy: Option<healthy::Healthy>,
     dir: PathBuf,
+    /// The observer binary the observer peers run.
+    observer: PathBuf,
     _listener: socket2::Socket,
     _queued: std::net::TcpStream,
 }
 
 impl Env {
-    fn new(dir: PathBuf, with_healthy: bool) -> anyhow::Result<Env> {
+    fn new(dir: PathBuf, observer: PathBuf, with_healthy: bool) -> anyhow::Result<Env> {
         let refused = Netns::new("bench-refused").map_err(|e| anyhow!(e))?;
         let flood = Netns::new("bench-flood").map_err(|e| anyhow!(e))?;
         let to = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, FLOOD_PORT));
@@ -162,7 +175,7 @@ impl Env {
             .map_err(|e| anyhow!(e))?
             .context("a listener with a full accept queue")?;
         let healthy = if with_healthy { Some(healthy::Healthy::start(&dir)?) } else { None };
-        Ok(Env { refused, flood, healthy, dir, _listener: listener, _queued: queued })
+        Ok(Env { refused, flood, healthy, dir, observer, _listener: listener, _queued: queued })
     }
 
     fn healthy(&self) -> anyhow::Result<&healthy::Healthy> {
@@ -232,7 +245,7 @@ fn logged(log: &Path, netns: u32) -> anyhow::Result<HashMap<Action, Logged>> {
     let mut out: HashMap<Action, Logged> = HashMap::new();
     for line in text.lines() {
         let Ok(e) = serde_json::from_str::<FailureEvent>(line) else { continue };
-        if e.event.dataset != crate::event::FAILURE_DATASET || e.observer.netns != netns {
+        if e.event.dataset != observer::event::FAILURE_DATASET || e.observer.netns != netns {
             continue;
         }
         let l = out.entry(e.event.action).or_default();
@@ -358,7 +371,7 @@ fn one(
     profile: bool,
 ) -> anyhow::Result<Run> {
     let ns = env.netns(workload);
-    let mut running = Running::start(peer, &env.dir, args.bpftrace_program.as_deref())?;
+    let mut running = Running::start(peer, &env.dir, &env.observer, args.bpftrace_program.as_deref())?;
     // The storms' failures are read from the kernel's counters; a healthy
     // workload's units (requests, messages) from its client.
     let counted_as = workload.counted_as();
@@ -720,7 +733,32 @@ fn print(report: &Report) {
     }
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let args = <BenchArgs as clap::Parser>::parse();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("observer-bench: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The observer binary: `--observer`, or `observer` beside this binary
+/// (`cargo build --release -p observer -p observer-bench` puts both in
+/// target/release).
+fn observer_exe(args: &BenchArgs) -> anyhow::Result<PathBuf> {
+    let exe = match &args.observer {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("finding this binary")?.with_file_name("observer"),
+    };
+    if !exe.is_file() {
+        bail!("no observer binary at {} (build it, or name it with --observer)", exe.display());
+    }
+    Ok(exe)
+}
+
+fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark needs root (it loads eBPF programs and creates network namespaces)");
     }
@@ -736,7 +774,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .collect();
     let workloads: Vec<Workload> =
         Workload::ALL.into_iter().filter(|s| args.workload.is_empty() || args.workload.contains(s)).collect();
-    let env = Env::new(dir.clone(), workloads.iter().any(|w| w.healthy()))?;
+    let env = Env::new(dir.clone(), observer_exe(args)?, workloads.iter().any(|w| w.healthy()))?;
     // Warm-up, and a check that the storms really fail (the flood
     // overflows the listener) and the healthy workloads really work.
     for &workload in &workloads {

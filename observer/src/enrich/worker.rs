@@ -1,0 +1,141 @@
+//! The enrich worker: the facts for batches of queries, on a task of its
+//! own, so that nothing upstream waits for them.
+//!
+//! Why a worker and not a call: enrichment reads the live system (sock_diag
+//! and /proc on the blocking pool, `nft` as a child process) and can take
+//! from milliseconds to its deadline. The diagnose stage hands it a batch
+//! and goes on taking events; the facts come back on a channel with the
+//! batch's tag, and only then are the batch's records written. The JSON log
+//! and the history never see this stage at all: they take the events from
+//! the fan-out after decode.
+//!
+//! Every external command has a deadline (`command`); a ruleset that could
+//! not be read is an error in the evidence, cached like a good one for
+//! `max_age` so that a hung `nft` costs one deadline per namespace, not one
+//! per diagnosis.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use super::{firewall, Enricher, Facts, Query};
+
+/// How the worker reads the firewall.
+#[derive(Clone, Debug)]
+pub struct FirewallSettings {
+    /// The nft binary.
+    pub nft: String,
+    /// Deadline of each nft run.
+    pub timeout: Duration,
+    /// How long a ruleset read is reused.
+    pub max_age: Duration,
+}
+
+type Cached = Arc<Result<firewall::Ruleset, String>>;
+
+struct Rulesets {
+    settings: FirewallSettings,
+    cache: HashMap<u32, (Instant, Cached)>,
+}
+
+impl Rulesets {
+    async fn get(&mut self, netns: u32, path: &Result<Option<PathBuf>, String>) -> Cached {
+        if let Some((at, rs)) = self.cache.get(&netns) {
+            if at.elapsed() < self.settings.max_age {
+                return rs.clone();
+            }
+        }
+        let s = &self.settings;
+        let rs = Arc::new(match path {
+            Ok(path) => firewall::load(&s.nft, path.as_deref(), s.timeout).await,
+            Err(e) => Err(e.clone()),
+        });
+        let max_age = s.max_age;
+        self.cache.retain(|_, (at, _)| at.elapsed() < max_age * 4);
+        self.cache.insert(netns, (Instant::now(), rs.clone()));
+        rs
+    }
+}
+
+/// The two ends of a running worker: `jobs` takes `(tag, queries)`, `done`
+/// answers `(tag, facts)`, one `Facts` per query, in order, batches in the
+/// order they came.
+pub struct Handle<T> {
+    pub jobs: mpsc::Sender<(T, Vec<Query>)>,
+    pub done: mpsc::Receiver<(T, Vec<Facts>)>,
+}
+
+/// Starts the worker. It ends when `jobs` is dropped, after answering what
+/// it holds.
+pub fn spawn<T: Send + 'static>(enricher: Arc<Mutex<Enricher>>, firewall: FirewallSettings) -> Handle<T> {
+    let (jobs_tx, mut jobs) = mpsc::channel::<(T, Vec<Query>)>(64);
+    let (done_tx, done) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut rulesets = Rulesets { settings: firewall, cache: HashMap::new() };
+        while let Some((tag, queries)) = jobs.recv().await {
+            let facts = facts(&enricher, &mut rulesets, queries).await;
+            if done_tx.send((tag, facts)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Handle { jobs: jobs_tx, done }
+}
+
+async fn facts(enricher: &Arc<Mutex<Enricher>>, rulesets: &mut Rulesets, queries: Vec<Query>) -> Vec<Facts> {
+    let n = queries.len();
+    let enricher = enricher.clone();
+    let asked = queries.clone();
+    // The kernel's and /proc's part, and where each namespace's file is for
+    // the firewall's part.
+    let local = tokio::task::spawn_blocking(move || match enricher.lock() {
+        Ok(mut e) => queries
+            .into_iter()
+            .map(|q| {
+                let path = q.verdict.map(|_| e.netns_path(q.netns));
+                (e.facts(q), path)
+            })
+            .collect::<Vec<_>>(),
+        Err(_) => Vec::new(),
+    })
+    .await
+    .unwrap_or_default();
+    if local.len() != n {
+        return (0..n).map(|_| Facts { errors: vec!["enrichment failed".to_owned()], ..Facts::default() }).collect();
+    }
+    let mut out = Vec::with_capacity(n);
+    for (q, (mut facts, path)) in asked.into_iter().zip(local) {
+        if let (Some(verdict), Some(path)) = (q.verdict, path) {
+            match rulesets.get(q.netns, &path).await.as_ref() {
+                Ok(rs) => facts.firewall = rs.matching(q.port, q.client, verdict.as_str()),
+                Err(e) => facts.errors.push(format!("nftables ruleset: {e}")),
+            }
+        }
+        out.push(facts);
+    }
+    out
+}
+
+/// Polls every namespace's listeners into the listener history, on the
+/// blocking pool, every `every` (a listener that goes away before clients
+/// fail is the best fact of a `no_listener` diagnosis, and cannot be read
+/// afterwards).
+pub async fn poll_listeners(enricher: Arc<Mutex<Enricher>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let enricher = enricher.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(mut e) = enricher.lock() {
+                e.poll();
+            }
+        })
+        .await;
+    }
+}
