@@ -245,7 +245,7 @@ fn logged(log: &Path, netns: u32) -> anyhow::Result<HashMap<Action, Logged>> {
     let mut out: HashMap<Action, Logged> = HashMap::new();
     for line in text.lines() {
         let Ok(e) = serde_json::from_str::<FailureEvent>(line) else { continue };
-        if e.event.dataset != observer::event::FAILURE_DATASET || e.observer.netns != netns {
+        if e.event.dataset != observer::event::Dataset::Failure || e.observer.netns != netns {
             continue;
         }
         let l = out.entry(e.event.action).or_default();

@@ -66,7 +66,7 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::{
-    event::{Endpoint, EventMeta, FailureEvent, Network, ObserverFields},
+    event::{Direction, Endpoint, FailureEvent},
     stats::Stats,
 };
 
@@ -539,27 +539,22 @@ pub fn reconciliation_event(o: &Owed, when: SystemTime) -> Option<FailureEvent> 
     } else {
         (IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::from(o.key.addr)))
     };
-    let mut event = EventMeta::failure(action, o.count);
-    event.reconciled = true;
-    Some(FailureEvent {
-        timestamp: humantime::format_rfc3339_micros(when).to_string(),
-        event,
-        source: Endpoint { ip: source, port: 0 },
-        destination: Endpoint { ip: destination, port: o.key.port },
-        network: Network { transport: "tcp".to_owned(), kind: if v4 { "ipv4" } else { "ipv6" }.to_owned() },
-        observer: ObserverFields {
-            netns: o.key.netns,
-            // The errno class of a failed connect is in the key: a storm of
-            // EHOSTUNREACH stays "unreachable", one of ECONNREFUSED "refused".
-            reason: (action == Action::ConnectFailed && o.key.class != 0)
-                .then(|| crate::decode::errno_name(o.key.class.into())),
-            tcp_state: None,
-            stage: None,
-            listener: None,
-            direction: if o.outbound { "outbound" } else { "inbound" }.to_owned(),
-        },
-        process: None,
-    })
+    let direction = if o.outbound { Direction::Outbound } else { Direction::Inbound };
+    let mut e = FailureEvent::new(
+        when,
+        action,
+        o.count,
+        o.key.netns,
+        direction,
+        Endpoint { ip: source, port: 0 },
+        Endpoint { ip: destination, port: o.key.port },
+    );
+    e.event.reconciled = true;
+    // The errno class of a failed connect is in the key: a storm of
+    // EHOSTUNREACH stays "unreachable", one of ECONNREFUSED "refused".
+    e.observer.reason =
+        (action == Action::ConnectFailed && o.key.class != 0).then(|| crate::decode::errno_name(o.key.class.into()));
+    Some(e)
 }
 
 #[cfg(test)]
@@ -713,7 +708,7 @@ mod tests {
         assert_eq!(e.destination, Endpoint { ip: "127.0.0.1".parse().unwrap(), port: 8080 });
         assert!(e.source.ip.is_unspecified());
         assert_eq!(e.observer.netns, 7);
-        assert_eq!(e.network.kind, "ipv4");
+        assert_eq!(e.network.kind, crate::event::Family::Ipv4);
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["event"]["reconciled"], true);
         assert_eq!(json["event"]["action"], "refused");

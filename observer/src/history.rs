@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use observer_common::Action;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use thiserror::Error;
 use tracing::warn;
@@ -78,10 +79,6 @@ CREATE INDEX IF NOT EXISTS diagnoses_last ON diagnoses(last_seen_ms);
 
 pub fn ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn parse_ms(rfc3339: &str) -> i64 {
-    humantime::parse_rfc3339_weak(rfc3339).map(ms).unwrap_or(0)
 }
 
 /// Creates the state directory readable by `group` (0750) or by root only (0700).
@@ -216,10 +213,10 @@ fn insert_failure(tx: &rusqlite::Transaction<'_>, e: &FailureEvent) -> rusqlite:
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
-        parse_ms(&e.timestamp),
+        ms(e.timestamp),
         e.observer.netns,
         e.event.action.as_str(),
-        e.observer.direction,
+        e.observer.direction.as_str(),
         e.source.ip.to_string(),
         e.destination.ip.to_string(),
         e.destination.port,
@@ -239,8 +236,8 @@ fn upsert_diagnosis(tx: &rusqlite::Transaction<'_>, d: &DiagnosisRecord) -> rusq
     )?
     .execute(params![
         d.diagnosis.id,
-        parse_ms(&d.diagnosis.first_seen),
-        parse_ms(&d.diagnosis.last_seen),
+        ms(d.diagnosis.first_seen),
+        ms(d.diagnosis.last_seen),
         d.diagnosis.kind.as_str(),
         d.diagnosis.status.as_str(),
         d.observer.netns,
@@ -475,15 +472,18 @@ impl Reader {
         let (start, end) = (ms(from), ms(to).max(ms(from) + 1));
         let width = ((end - start) as f64 / n.max(1) as f64).max(1.0);
         let mut out = vec![0u64; n.max(1)];
-        let placeholders = q.actions.iter().map(|a| format!("'{}'", a.replace('\'', ""))).collect::<Vec<_>>().join(",");
+        // The actions are bound too: only their placeholders (?6, ?7, ...)
+        // are written into the statement.
+        let placeholders = (0..q.actions.len()).map(|i| format!("?{}", i + 6)).collect::<Vec<_>>().join(",");
         let sql = format!(
             "SELECT ts_ms, count FROM failures WHERE netns = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3 AND action IN ({placeholders})
              AND (?4 IS NULL OR dst_port = ?4) AND (?5 IS NULL OR src_ip = ?5)"
         );
         let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map(params![q.netns, start, end, q.port, q.source], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })?;
+        let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&q.netns, &start, &end, &q.port, &q.source];
+        let actions: Vec<&'static str> = q.actions.iter().map(|a| a.as_str()).collect();
+        bound.extend(actions.iter().map(|a| a as &dyn rusqlite::ToSql));
+        let rows = st.query_map(bound.as_slice(), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
         for (ts, count) in rows.filter_map(Result::ok) {
             let i = (((ts - start) as f64) / width) as usize;
             out[i.min(n.max(1) - 1)] += count.max(0) as u64;
@@ -513,7 +513,7 @@ impl Reader {
 
 pub struct BucketQuery<'a> {
     pub netns: u32,
-    pub actions: &'a [&'a str],
+    pub actions: &'a [Action],
     pub port: Option<u16>,
     pub source: Option<String>,
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use observer::event::{Direction, Family};
+
 use std::{
     net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
@@ -70,8 +72,8 @@ fn a_sampled_refused_storm_adds_up_to_the_kernel_count() {
     for r in &reconciled {
         assert!(r.source.ip.is_unspecified() && r.source.port == 0, "no client in {r:#?}");
         assert_eq!(r.destination.ip, "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
-        assert_eq!(r.observer.direction, "inbound");
-        assert_eq!(r.network.kind, "ipv4");
+        assert_eq!(r.observer.direction, Direction::Inbound);
+        assert_eq!(r.network.kind, Family::Ipv4);
     }
 
     let (stderr, after) = daemon.stop();

@@ -3,6 +3,8 @@
 
 mod common;
 
+use observer::event::{Direction, Family, Stage};
+
 use std::{
     io::{ErrorKind, Read, Write},
     net::IpAddr,
@@ -73,12 +75,12 @@ fn reset_sent_and_received_when_a_socket_is_closed_with_linger_zero() {
     let received = daemon
         .expect_event("reset_received", |e| e.observer.netns == ns.inode() && e.event.action == Action::ResetReceived);
     // The client opened the connection: it is the source, and its process is known.
-    assert_eq!(received.observer.direction, "outbound");
+    assert_eq!(received.observer.direction, Direction::Outbound);
     assert_eq!((received.source.ip, received.source.port), (ip("127.0.0.1"), 43001));
     assert_eq!(received.destination.port, 8081);
-    assert_eq!(received.network.kind, "ipv4");
+    assert_eq!(received.network.kind, Family::Ipv4);
     assert_eq!(received.process.expect("client process").pid, std::process::id());
-    assert_eq!(sent.observer.direction, "inbound");
+    assert_eq!(sent.observer.direction, Direction::Inbound);
     daemon.stop();
 }
 
@@ -99,8 +101,8 @@ fn listen_overflow_at_the_syn_stage_names_the_listener_queue() {
     assert_eq!(e.destination.port, 8082);
     assert_eq!(e.destination.ip, ip("::1"));
     assert!((44001..44005).contains(&e.source.port), "{e:?}");
-    assert_eq!(e.network.kind, "ipv6");
-    assert_eq!(e.observer.stage.as_deref(), Some("syn"));
+    assert_eq!(e.network.kind, Family::Ipv6);
+    assert_eq!(e.observer.stage, Some(Stage::Syn));
     let q = e.observer.listener.clone().expect("listener queue");
     assert_eq!(q.backlog, 1);
     assert_eq!(q.queue_len, 2);
@@ -162,7 +164,7 @@ fn synack_retransmit_when_the_clients_firewall_drops_the_synack() {
     });
     assert_eq!((e.source.ip, e.source.port), (ip("::1"), 46001));
     assert_eq!((e.destination.ip, e.destination.port), (ip("::1"), 8084));
-    assert_eq!(e.network.kind, "ipv6");
+    assert_eq!(e.network.kind, Family::Ipv6);
     drop(keep);
     daemon.stop();
 }
@@ -182,7 +184,7 @@ fn firewall_drop_of_an_inbound_syn() {
     assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 47001));
     assert_eq!((e.destination.ip, e.destination.port), (ip("127.0.0.1"), 8085));
     assert_eq!(e.observer.reason.as_deref(), Some("NETFILTER_DROP"));
-    assert_eq!(e.observer.direction, "inbound");
+    assert_eq!(e.observer.direction, Direction::Inbound);
     daemon.stop();
 }
 
@@ -197,7 +199,7 @@ fn connect_failed_refused_names_errno_and_process() {
     let e = daemon
         .expect_event("connect_failed", |e| e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed);
     assert_eq!(e.observer.reason.as_deref(), Some("ECONNREFUSED"));
-    assert_eq!(e.observer.direction, "outbound");
+    assert_eq!(e.observer.direction, Direction::Outbound);
     assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 48001));
     assert_eq!(e.destination.port, 8086);
     let p = e.process.expect("connecting process");
@@ -285,7 +287,7 @@ fn firewall_reject_with_icmp_host_unreachable() {
         e.observer.netns == ns.inode() && e.event.action == Action::FirewallReject
     });
     assert_eq!((rej.source.port, rej.destination.port), (47201, 8092));
-    assert_eq!(rej.network.kind, "ipv4");
+    assert_eq!(rej.network.kind, Family::Ipv4);
     // The matching connect_failed: see the connect_failed_ehostunreach tests.
     daemon.stop();
 }
@@ -302,7 +304,7 @@ fn connect_failed_enetunreach_from_an_icmp_network_unreachable_ipv6() {
     let cf = daemon
         .expect_event("connect_failed", |e| e.observer.netns == ns.inode() && e.event.action == Action::ConnectFailed);
     assert_eq!(cf.observer.reason.as_deref(), Some("ENETUNREACH"));
-    assert_eq!(cf.network.kind, "ipv6");
+    assert_eq!(cf.network.kind, Family::Ipv6);
     let rej = daemon.expect_event("firewall_reject v6", |e| {
         e.observer.netns == ns.inode() && e.event.action == Action::FirewallReject
     });
@@ -327,8 +329,8 @@ fn connect_failed_ehostunreach_blocking_ipv4() {
     let e = exactly_one_connect_failure(&daemon, &ns);
     assert_eq!(e.observer.reason.as_deref(), Some("EHOSTUNREACH"));
     assert_eq!(e.observer.netns, ns.inode());
-    assert_eq!(e.observer.direction, "outbound");
-    assert_eq!(e.network.kind, "ipv4");
+    assert_eq!(e.observer.direction, Direction::Outbound);
+    assert_eq!(e.network.kind, Family::Ipv4);
     assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 48101));
     assert_eq!((e.destination.ip, e.destination.port), (ip("127.0.0.1"), 8094));
     let p = e.process.expect("connecting process");
@@ -382,8 +384,8 @@ fn connect_failed_enetunreach_without_a_route_ipv4() {
     let e = exactly_one_connect_failure(&daemon, &ns);
     assert_eq!(e.observer.reason.as_deref(), Some("ENETUNREACH"));
     assert_eq!(e.observer.netns, ns.inode());
-    assert_eq!(e.observer.direction, "outbound");
-    assert_eq!(e.network.kind, "ipv4");
+    assert_eq!(e.observer.direction, Direction::Outbound);
+    assert_eq!(e.network.kind, Family::Ipv4);
     assert_eq!((e.destination.ip, e.destination.port), (ip("203.0.113.1"), 80));
     // The socket was bound to a port but never got a source address.
     assert_eq!((e.source.ip, e.source.port), (ip("0.0.0.0"), 48103));
@@ -409,7 +411,7 @@ fn connect_failed_enetunreach_without_a_route_ipv6() {
     assert_eq!(r, Some(libc::ENETUNREACH));
     let e = exactly_one_connect_failure(&daemon, &ns);
     assert_eq!(e.observer.reason.as_deref(), Some("ENETUNREACH"));
-    assert_eq!(e.network.kind, "ipv6");
+    assert_eq!(e.network.kind, Family::Ipv6);
     assert_eq!((e.destination.ip, e.destination.port), (ip("2001:db8::1"), 443));
     // Never bound: the kernel knows no source.
     assert_eq!((e.source.ip, e.source.port), (ip("::"), 0));
@@ -474,19 +476,19 @@ fn listen_overflow_at_the_final_ack_names_the_listener_queue() {
     let e = daemon.expect_event("listen_overflow at the final ACK", |e| {
         e.observer.netns == ns.inode()
             && e.event.action == Action::ListenOverflow
-            && e.observer.stage.as_deref() == Some("ack")
+            && e.observer.stage == Some(Stage::Ack)
     });
     assert_eq!(e.observer.reason.as_deref(), Some("TCP_LISTEN_OVERFLOW"));
-    assert_eq!(e.observer.direction, "inbound");
+    assert_eq!(e.observer.direction, Direction::Inbound);
     assert_eq!((e.source.ip, e.source.port), (ip("127.0.0.1"), 45103));
     assert_eq!((e.destination.ip, e.destination.port), (ip("127.0.0.1"), 8096));
-    assert_eq!(e.network.kind, "ipv4");
+    assert_eq!(e.network.kind, Family::Ipv4);
     let q = e.observer.listener.clone().expect("listener queue");
     assert_eq!((q.backlog, q.queue_len), (1, 2));
     // A's and B's SYNs found room: no SYN-stage overflow here.
     let ours = daemon.events_in(ns.inode(), Duration::from_millis(300));
     assert!(
-        ours.iter().all(|e| e.event.action != Action::ListenOverflow || e.observer.stage.as_deref() == Some("ack")),
+        ours.iter().all(|e| e.event.action != Action::ListenOverflow || e.observer.stage == Some(Stage::Ack)),
         "{ours:#?}"
     );
     drop(keep);

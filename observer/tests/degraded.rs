@@ -3,6 +3,8 @@
 
 mod common;
 
+use observer::event::Family;
+
 use std::{path::Path, time::Duration};
 
 use std::io::ErrorKind;
@@ -214,7 +216,7 @@ fn without_drop_reasons_refused_and_firewall_drops_come_from_the_drop_location()
     assert!(refused_events
         .iter()
         .all(|e| e.destination.port == 8092 && e.observer.reason.as_deref() == Some("NO_SOCKET")));
-    assert!(refused_events.iter().any(|e| e.network.kind == "ipv6"));
+    assert!(refused_events.iter().any(|e| e.network.kind == Family::Ipv6));
     assert!(ours.iter().all(|e| e.destination.port != 8094), "a healthy connection was reported: {ours:#?}");
     daemon.stop();
 }

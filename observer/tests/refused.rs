@@ -3,6 +3,8 @@
 
 mod common;
 
+use observer::event::{Direction, Family, Transport};
+
 use std::{io::ErrorKind, time::Duration};
 
 use common::{connect_from, sa, Daemon, Netns};
@@ -31,22 +33,22 @@ fn refused_ipv4_and_ipv6_are_reported_exactly_per_namespace() {
 
     let v4 = daemon.expect_event("refused v4", |e| e.observer.netns == ns.inode() && e.source.port == 41001);
     assert_eq!(v4.event.action, Action::Refused);
-    assert_eq!(v4.event.dataset, "observer.failure");
+    assert_eq!(v4.event.dataset, observer::event::Dataset::Failure);
     assert_eq!(v4.event.count, 1);
     assert_eq!(v4.source.ip, "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
     assert_eq!(v4.destination.ip, "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
     assert_eq!(v4.destination.port, 8080);
-    assert_eq!(v4.network.transport, "tcp");
-    assert_eq!(v4.network.kind, "ipv4");
+    assert_eq!(v4.network.transport, Transport::Tcp);
+    assert_eq!(v4.network.kind, Family::Ipv4);
     assert_eq!(v4.observer.reason.as_deref(), Some("NO_SOCKET"));
-    assert_eq!(v4.observer.direction, "inbound");
+    assert_eq!(v4.observer.direction, Direction::Inbound);
 
     let v6 = daemon.expect_event("refused v6", |e| e.observer.netns == ns.inode() && e.source.port == 41002);
     assert_eq!(v6.event.action, Action::Refused);
     assert_eq!(v6.source.ip, "::1".parse::<std::net::IpAddr>().unwrap());
     assert_eq!(v6.destination.ip, "::1".parse::<std::net::IpAddr>().unwrap());
     assert_eq!(v6.destination.port, 8080);
-    assert_eq!(v6.network.kind, "ipv6");
+    assert_eq!(v6.network.kind, Family::Ipv6);
     assert_eq!(v6.observer.reason.as_deref(), Some("NO_SOCKET"));
 
     let theirs = daemon.expect_event("refused in the other namespace", |e| e.source.port == 41003);

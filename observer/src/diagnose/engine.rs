@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     config::DiagnosisConfig,
-    event::{FailureEvent, Process},
+    event::{Direction, FailureEvent, Family, Process},
 };
 
 /// A diagnosis to write now.
@@ -77,7 +77,7 @@ fn cap(n: usize) -> NonZeroUsize {
 /// Which class an event feeds; `None` for events that are not a
 /// connection problem of this host (a client resetting, say).
 pub fn classify(e: &FailureEvent) -> Option<Class> {
-    let inbound = e.observer.direction == "inbound";
+    let inbound = e.observer.direction == Direction::Inbound;
     Some(match e.event.action {
         Action::Refused => Class::Refused,
         Action::ListenOverflow => Class::AcceptQueue,
@@ -122,7 +122,7 @@ impl Engine {
         let key = Key { netns: e.observer.netns, class, ip: e.destination.ip, port: e.destination.port };
         if class.scannable() && self.cfg.scan_ports > 0 {
             if let Some(scan) = self.scan_of(e, key, now) {
-                let g = self.group(scan, now, &e.network.kind);
+                let g = self.group(scan, now, e.network.kind);
                 g.add(e, now, window, max_clients);
                 g.add_port(e.destination.port, 20);
                 self.scanned.put((key.netns, class.outbound(), key.port), scan);
@@ -130,7 +130,7 @@ impl Engine {
                 return;
             }
         }
-        self.group(key, now, &e.network.kind).add(e, now, window, max_clients);
+        self.group(key, now, e.network.kind).add(e, now, window, max_clients);
     }
 
     /// The scan an event belongs to, if its prober is (now) a scanner.
@@ -181,7 +181,7 @@ impl Engine {
                     first.extend(self.groups.pop(&k));
                 }
             }
-            let g = self.group(scan, now, &e.network.kind);
+            let g = self.group(scan, now, e.network.kind);
             for other in first {
                 g.absorb(other, max_clients);
             }
@@ -195,11 +195,11 @@ impl Engine {
         Some(scan)
     }
 
-    fn group(&mut self, key: Key, now: SystemTime, network_type: &str) -> &mut Group {
+    fn group(&mut self, key: Key, now: SystemTime, family: Family) -> &mut Group {
         if !self.groups.contains(&key) && self.groups.len() == self.groups.cap().get() {
             self.stats.evicted += 1;
         }
-        self.groups.get_or_insert_mut(key, || Group::new(now, network_type))
+        self.groups.get_or_insert_mut(key, || Group::new(now, family))
     }
 
     /// Diagnoses to write now: new episodes, updates at most every
@@ -300,29 +300,25 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Endpoint, EventMeta, Network, ObserverFields};
+    use crate::event::Endpoint;
 
     fn cfg() -> DiagnosisConfig {
         DiagnosisConfig { update_interval_secs: 0, ..DiagnosisConfig::default() }
     }
 
     fn ev(action: Action, src: &str, dport: u16, reason: Option<&str>) -> FailureEvent {
-        FailureEvent {
-            timestamp: String::new(),
-            event: EventMeta::failure(action, 1),
-            source: Endpoint { ip: src.parse().unwrap(), port: 40000 },
-            destination: Endpoint { ip: "10.0.0.1".parse().unwrap(), port: dport },
-            network: Network { transport: "tcp".into(), kind: "ipv4".into() },
-            observer: ObserverFields {
-                netns: 1,
-                reason: reason.map(str::to_owned),
-                tcp_state: None,
-                stage: None,
-                listener: None,
-                direction: if action == Action::ConnectFailed { "outbound" } else { "inbound" }.into(),
-            },
-            process: None,
-        }
+        let direction = if action == Action::ConnectFailed { Direction::Outbound } else { Direction::Inbound };
+        let mut e = FailureEvent::new(
+            SystemTime::UNIX_EPOCH,
+            action,
+            1,
+            1,
+            direction,
+            Endpoint { ip: src.parse().unwrap(), port: 40000 },
+            Endpoint { ip: "10.0.0.1".parse().unwrap(), port: dport },
+        );
+        e.observer.reason = reason.map(str::to_owned);
+        e
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     enrich::{Facts, OwnedListener},
-    event::{Endpoint, Network, Process},
+    event::{Direction, Endpoint, Network, Process, Transport},
 };
 
 /// The kind a group's diagnosis has, given the facts.
@@ -121,8 +121,8 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
                 process = owner_of(&prev.listener);
                 ev.previous_listener = Some(PreviousListener {
                     listener: ListenerEvidence::new(&prev.listener.listener, prev.listener.owner.as_ref(), None),
-                    last_seen: time(prev.last_present),
-                    gone_by: time(gone),
+                    last_seen: prev.last_present,
+                    gone_by: gone,
                 });
             }
             if let Some(l) = serving {
@@ -394,7 +394,7 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
     let id = id(cx.kind, key);
     let outbound = cx.kind.outbound() || key.class == Class::OutboundScan;
     DiagnosisRecord {
-        timestamp: time(cx.now),
+        timestamp: cx.now,
         event: DiagnosisMeta::default(),
         diagnosis: Diagnosis {
             kind: cx.kind,
@@ -403,11 +403,8 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
             summary,
             advice,
             evidence: ev,
-            // To the millisecond: an episode's start is its identity in the
-            // history, and a daemon restarted within a second must not
-            // merge its new episode into the old one.
-            first_seen: humantime::format_rfc3339_millis(g.first_seen).to_string(),
-            last_seen: time(g.last_seen),
+            first_seen: g.first_seen,
+            last_seen: g.last_seen,
             count: g.count,
             clients,
         },
@@ -416,8 +413,11 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
             ip: if key.class == Class::Scan { unspecified(key.ip) } else { key.ip },
             port: key.port,
         },
-        network: Network { transport: "tcp".to_owned(), kind: g.network_type.clone() },
-        observer: Where { netns: key.netns, direction: if outbound { "outbound" } else { "inbound" }.to_owned() },
+        network: Network { transport: Transport::Tcp, kind: g.family },
+        observer: Where {
+            netns: key.netns,
+            direction: if outbound { Direction::Outbound } else { Direction::Inbound },
+        },
         process,
     }
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::record::{Kind, QueueSeen, Status};
-use crate::event::{FailureEvent, Process};
+use crate::event::{FailureEvent, Family, Process};
 
 /// Which diagnosis family an event feeds. A refused connection becomes
 /// `no_listener` or `listener_address_mismatch` only once the listeners
@@ -108,7 +108,7 @@ pub struct Group {
     pub first_seen: SystemTime,
     pub last_seen: SystemTime,
     pub count: u64,
-    pub network_type: String,
+    pub family: Family,
     /// (unix second, occurrences), oldest first, within the window.
     buckets: VecDeque<(u64, u64)>,
     pub actions: BTreeMap<String, u64>,
@@ -131,12 +131,12 @@ fn unix_secs(t: SystemTime) -> u64 {
 }
 
 impl Group {
-    pub fn new(now: SystemTime, network_type: &str) -> Group {
+    pub fn new(now: SystemTime, family: Family) -> Group {
         Group {
             first_seen: now,
             last_seen: now,
             count: 0,
-            network_type: network_type.to_owned(),
+            family,
             buckets: VecDeque::new(),
             actions: BTreeMap::new(),
             reasons: BTreeMap::new(),

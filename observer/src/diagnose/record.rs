@@ -1,15 +1,13 @@
-//! The diagnosis record of the JSON contract (DESIGN.md section 5).
+//! The diagnosis record of the JSON contract (docs/contract.md).
 
-use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     enrich::{FirewallRule, Listener},
-    event::{Endpoint, Network, Process},
+    event::{rfc3339, Category, Dataset, Direction, Endpoint, EventKind, Network, Process},
 };
-
-pub const DIAGNOSIS_DATASET: &str = "observer.diagnosis";
 
 /// What is wrong (DESIGN.md section 1), plus `port_scan`: a scan is
 /// reported as what it is, not as a service problem.
@@ -109,8 +107,8 @@ impl Status {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DiagnosisRecord {
-    #[serde(rename = "@timestamp")]
-    pub timestamp: String,
+    #[serde(rename = "@timestamp", with = "rfc3339::seconds")]
+    pub timestamp: SystemTime,
     pub event: DiagnosisMeta,
     pub diagnosis: Diagnosis,
     /// The scanner, for `port_scan`.
@@ -131,26 +129,22 @@ pub struct SourceIp {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiagnosisMeta {
-    pub dataset: String,
+    pub dataset: Dataset,
     /// ECS: a diagnosis is a finding about the host, not a raw event.
-    pub kind: String,
-    pub category: Vec<String>,
+    pub kind: EventKind,
+    pub category: Vec<Category>,
 }
 
 impl Default for DiagnosisMeta {
     fn default() -> Self {
-        DiagnosisMeta {
-            dataset: DIAGNOSIS_DATASET.to_owned(),
-            kind: "alert".to_owned(),
-            category: vec!["network".to_owned()],
-        }
+        DiagnosisMeta { dataset: Dataset::Diagnosis, kind: EventKind::Alert, category: vec![Category::Network] }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Where {
     pub netns: u32,
-    pub direction: String,
+    pub direction: Direction,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -162,8 +156,13 @@ pub struct Diagnosis {
     pub summary: String,
     pub advice: Vec<String>,
     pub evidence: Evidence,
-    pub first_seen: String,
-    pub last_seen: String,
+    /// To the millisecond: an episode's start is its identity in the
+    /// history, and a daemon restarted within a second must not merge its
+    /// new episode into the old one.
+    #[serde(with = "rfc3339::millis")]
+    pub first_seen: SystemTime,
+    #[serde(with = "rfc3339::seconds")]
+    pub last_seen: SystemTime,
     /// Kernel occurrences in this episode (the events' `event.count` summed).
     pub count: u64,
     /// Distinct client addresses in this episode.
@@ -245,9 +244,11 @@ pub struct PreviousListener {
     #[serde(flatten)]
     pub listener: ListenerEvidence,
     /// Last time it was seen listening.
-    pub last_seen: String,
+    #[serde(with = "rfc3339::seconds")]
+    pub last_seen: SystemTime,
     /// First time it was found gone.
-    pub gone_by: String,
+    #[serde(with = "rfc3339::seconds")]
+    pub gone_by: SystemTime,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,4 +256,20 @@ pub struct QueueSeen {
     pub backlog: u32,
     /// The longest queue seen.
     pub max_queue_len: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A diagnosis as the daemon wrote it before its fields were typed
+    /// (the README's, with `first_seen` to the millisecond): it must read
+    /// back and write out byte for byte.
+    const RECORD: &str = r#"{"@timestamp":"2026-11-21T19:52:45Z","event":{"dataset":"observer.diagnosis","kind":"alert","category":["network"]},"diagnosis":{"kind":"no_listener","id":"a41c0a3c2e8f1b77","status":"open","summary":"Nothing listens on port 8080.","advice":["Start it."],"evidence":{"actions":{"refused":6},"reasons":{"NO_SOCKET":6},"per_second":[0,6],"sample_clients":["10.77.5.2"],"previous_listener":{"address":"0.0.0.0","port":8080,"backlog":511,"queue":0,"pid":19758,"name":"lab-web","last_seen":"2026-11-21T19:52:40Z","gone_by":"2026-11-21T19:52:42Z"},"sysctls":{"net.core.somaxconn":4096},"unavailable":["nftables ruleset: nft: no answer within 2000 ms (killed)"]},"first_seen":"2026-11-21T19:52:44.315Z","last_seen":"2026-11-21T19:52:45Z","count":6,"clients":1},"destination":{"ip":"10.77.5.1","port":8080},"network":{"transport":"tcp","type":"ipv4"},"observer":{"netns":4026532453,"direction":"inbound"}}"#;
+
+    #[test]
+    fn a_diagnosis_of_the_contract_reads_back_and_writes_out_byte_for_byte() {
+        let d: DiagnosisRecord = serde_json::from_str(RECORD).unwrap();
+        assert_eq!(serde_json::to_string(&d).unwrap(), RECORD);
+    }
 }

@@ -68,7 +68,7 @@ impl MetricsConfig {
 struct FailureLabels {
     action: &'static str,
     port: String,
-    direction: String,
+    direction: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,7 +139,7 @@ impl Metrics {
                 }
                 let port = if known || tracked.ports.contains(&port) { port.to_string() } else { "other".to_owned() };
                 let labels =
-                    FailureLabels { action: e.event.action.as_str(), port, direction: e.observer.direction.clone() };
+                    FailureLabels { action: e.event.action.as_str(), port, direction: e.observer.direction.as_str() };
                 self.failures.get_or_create(&labels).inc_by(e.event.count);
             }
             Record::Diagnosis(d) => {
@@ -216,6 +216,7 @@ impl Collector for Health {
             history_written,
             history_errors,
             history_dropped,
+            diagnosis_dropped,
             kernel_ringbuf_full,
             kernel_counter_map_full,
             kernel_read_failed,
@@ -245,6 +246,11 @@ impl Collector for Health {
             ("observer_history_written", "Records committed to the history database", history_written),
             ("observer_history_errors", "Failed history commits (retried with the next batch)", history_errors),
             ("observer_history_dropped", "Records the history could not keep (queue full)", history_dropped),
+            (
+                "observer_diagnosis_dropped",
+                "Events the diagnose stage could not take (queue full): logged, not in the diagnoses' counts",
+                diagnosis_dropped,
+            ),
             (
                 "observer_kernel_ringbuf_full",
                 "Samples the kernel could not put into the full ring buffer (their occurrences are reconciled)",
@@ -396,25 +402,18 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Endpoint, EventMeta, FailureEvent, Network, ObserverFields};
+    use crate::event::{Direction, Endpoint, FailureEvent};
 
     fn failure(port: u16, count: u64) -> Record {
-        Record::Failure(FailureEvent {
-            timestamp: "2026-01-01T00:00:00Z".into(),
-            event: EventMeta::failure(observer_common::Action::Refused, count),
-            source: Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 },
-            destination: Endpoint { ip: "10.0.0.2".parse().unwrap(), port },
-            network: Network { transport: "tcp".into(), kind: "ipv4".into() },
-            observer: ObserverFields {
-                netns: 1,
-                reason: None,
-                tcp_state: None,
-                stage: None,
-                listener: None,
-                direction: "inbound".into(),
-            },
-            process: None,
-        })
+        Record::Failure(FailureEvent::new(
+            humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
+            observer_common::Action::Refused,
+            count,
+            1,
+            Direction::Inbound,
+            Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 },
+            Endpoint { ip: "10.0.0.2".parse().unwrap(), port },
+        ))
     }
 
     fn scrape(m: &Metrics) -> String {

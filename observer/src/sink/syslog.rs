@@ -451,25 +451,20 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::event::{Endpoint, EventMeta, FailureEvent, Network, ObserverFields};
+    use crate::event::{Direction, Endpoint, FailureEvent};
 
     fn failure() -> Record {
-        Record::Failure(FailureEvent {
-            timestamp: "2026-01-01T00:00:00.000001Z".into(),
-            event: EventMeta::failure(observer_common::Action::Refused, 1),
-            source: Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 },
-            destination: Endpoint { ip: "10.0.0.2".parse().unwrap(), port: 8080 },
-            network: Network { transport: "tcp".into(), kind: "ipv4".into() },
-            observer: ObserverFields {
-                netns: 1,
-                reason: Some("NO_SOCKET".into()),
-                tcp_state: None,
-                stage: None,
-                listener: None,
-                direction: "inbound".into(),
-            },
-            process: None,
-        })
+        let mut e = FailureEvent::new(
+            humantime::parse_rfc3339("2026-01-01T00:00:00.000001Z").unwrap(),
+            observer_common::Action::Refused,
+            1,
+            1,
+            Direction::Inbound,
+            Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 },
+            Endpoint { ip: "10.0.0.2".parse().unwrap(), port: 8080 },
+        );
+        e.observer.reason = Some("NO_SOCKET".into());
+        Record::Failure(e)
     }
 
     fn header() -> Header {

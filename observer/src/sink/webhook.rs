@@ -250,7 +250,7 @@ impl Poster {
             Status::Escalated => "escalated",
             _ => "open",
         };
-        let key = format!("{}/{}/{status}", d.diagnosis.id, d.diagnosis.first_seen);
+        let key = format!("{}/{}/{status}", d.diagnosis.id, humantime::format_rfc3339_millis(d.diagnosis.first_seen));
         self.deliver(body, &key).await;
     }
 

@@ -28,7 +28,7 @@ pub fn row(e: &FailureEvent, now: SystemTime, out: &mut impl Write) -> std::io::
     writeln!(
         out,
         "{:<8} {:<18} {:<24} {:<24} {:>6} {:<18} {:<16} {}",
-        short_time(&e.timestamp, now),
+        short_time(e.timestamp, now),
         e.event.action.as_str(),
         fit(&addr(e.source.ip, e.source.port), 24),
         fit(&addr(e.destination.ip, e.destination.port), 24),

@@ -8,6 +8,8 @@ pub mod why;
 
 use std::time::{Duration, SystemTime};
 
+use observer_common::Action;
+
 use crate::diagnose::record::Kind;
 
 /// `--since` values: `90s`, `15m`, `1h`, `2d`.
@@ -34,7 +36,9 @@ pub fn sparkline(counts: &[u64]) -> String {
 }
 
 /// A timestamp for a table: time of day when it is today (UTC), else the date too.
-pub fn short_time(rfc3339: &str, now: SystemTime) -> String {
+pub fn short_time(t: SystemTime, now: SystemTime) -> String {
+    let rfc3339 = humantime::format_rfc3339_seconds(t).to_string();
+    let rfc3339 = rfc3339.as_str();
     let today = humantime::format_rfc3339_seconds(now).to_string();
     match (rfc3339.get(..10), rfc3339.get(11..19)) {
         (Some(day), Some(time)) if today.starts_with(day) => time.to_owned(),
@@ -44,17 +48,17 @@ pub fn short_time(rfc3339: &str, now: SystemTime) -> String {
 }
 
 /// The failure actions that make up a diagnosis kind (for its activity).
-pub fn actions_of(kind: Kind) -> &'static [&'static str] {
+pub fn actions_of(kind: Kind) -> &'static [Action] {
     match kind {
-        Kind::NoListener | Kind::ListenerAddressMismatch => &["refused"],
-        Kind::AcceptQueueFull => &["listen_overflow"],
-        Kind::SynFlood => &["syn_queue_overflow"],
-        Kind::FirewallDrop => &["firewall_drop"],
-        Kind::FirewallReject => &["firewall_reject"],
-        Kind::ServerReset => &["reset_sent"],
-        Kind::HandshakeIncomplete => &["synack_retransmit"],
-        Kind::OutboundRefused | Kind::OutboundTimeout | Kind::OutboundUnreachable => &["connect_failed"],
-        Kind::PortScan => &["refused", "firewall_drop", "firewall_reject"],
+        Kind::NoListener | Kind::ListenerAddressMismatch => &[Action::Refused],
+        Kind::AcceptQueueFull => &[Action::ListenOverflow],
+        Kind::SynFlood => &[Action::SynQueueOverflow],
+        Kind::FirewallDrop => &[Action::FirewallDrop],
+        Kind::FirewallReject => &[Action::FirewallReject],
+        Kind::ServerReset => &[Action::ResetSent],
+        Kind::HandshakeIncomplete => &[Action::SynackRetransmit],
+        Kind::OutboundRefused | Kind::OutboundTimeout | Kind::OutboundUnreachable => &[Action::ConnectFailed],
+        Kind::PortScan => &[Action::Refused, Action::FirewallDrop, Action::FirewallReject],
     }
 }
 
@@ -90,7 +94,8 @@ mod tests {
     #[test]
     fn short_time_drops_the_date_for_today() {
         let now = humantime::parse_rfc3339("2026-11-21T12:00:00Z").unwrap();
-        assert_eq!(short_time("2026-11-21T09:08:07Z", now), "09:08:07");
-        assert_eq!(short_time("2026-11-20T09:08:07Z", now), "2026-11-20 09:08");
+        let at = |t| humantime::parse_rfc3339(t).unwrap();
+        assert_eq!(short_time(at("2026-11-21T09:08:07Z"), now), "09:08:07");
+        assert_eq!(short_time(at("2026-11-20T09:08:07Z"), now), "2026-11-20 09:08");
     }
 }

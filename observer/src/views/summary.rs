@@ -65,8 +65,8 @@ pub fn table(reader: &Reader, since: Duration, port: Option<u16>, out: &mut impl
             fit(&process, 18),
             d.count,
             d.clients,
-            short_time(&d.first_seen, now),
-            short_time(&d.last_seen, now),
+            short_time(d.first_seen, now),
+            short_time(d.last_seen, now),
             status,
         )?;
         writeln!(out, "    {}", d.summary)?;

@@ -138,7 +138,13 @@ pub fn show(args: &WhyArgs, reader: Result<Reader, String>, out: &mut impl Write
     for r in diagnoses {
         let d = &r.diagnosis;
         let status = d.status.as_str();
-        writeln!(out, "  [{status}] {} (id {}, last {})", d.kind, d.id, d.last_seen)?;
+        writeln!(
+            out,
+            "  [{status}] {} (id {}, last {})",
+            d.kind,
+            d.id,
+            humantime::format_rfc3339_seconds(d.last_seen)
+        )?;
         writeln!(out, "    {}", d.summary)?;
         for a in &d.advice {
             writeln!(out, "    - {a}")?;
