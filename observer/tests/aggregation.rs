@@ -2,6 +2,7 @@
 //! reconciliation records make the counts in the log add up to what
 //! happened, while the samples stay few; a full ring buffer is warned about
 //! and costs no count.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

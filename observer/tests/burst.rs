@@ -1,6 +1,7 @@
 //! Bursts on the real daemon: a port scan of 200,000 connects to 5,000
 //! ports. Run alone (nextest profile `burst`): the flood reaches every
 //! daemon on the host.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

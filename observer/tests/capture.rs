@@ -1,5 +1,6 @@
 //! One test per failure action: each builds the failure for real in its own
 //! network namespace on the running kernel, then asserts the decoded event.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! A kernel without one of the tracepoints: the daemon says which hook is
 //! unavailable, why and what cannot be seen, and the rest keep reporting.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

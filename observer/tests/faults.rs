@@ -1,6 +1,7 @@
 //! Faults an admin meets every week, on the real daemon: a second
 //! instance, logrotate's rename and SIGHUP, a state directory that cannot
 //! hold the history, a disk that fills up.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

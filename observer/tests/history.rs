@@ -2,6 +2,7 @@
 //! middle of a scenario, `summary --format json` lists a lab scenario's
 //! diagnosis, only root and the observer group can read it, and a
 //! malformed config is refused with its line number.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

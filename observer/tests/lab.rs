@@ -1,6 +1,7 @@
 //! The scenario lab, run as a test: every situation the observer diagnoses
 //! is built for real; a scenario whose diagnosis kind, port or process is
 //! wrong, or that comes later than 5 s after its failures start, fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 use std::process::Command;
 

@@ -3,6 +3,7 @@
 //! Prometheus endpoint scraped over HTTP and parsed, and a local webhook
 //! receiver. Failures are made for real in a namespace of the test's own;
 //! the daemon sees every namespace, so each assertion filters on it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Without the capabilities it needs, `observer run` stops at once with one
 //! line that names the missing capability.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 use std::process::Command;
 

@@ -1,5 +1,6 @@
 //! A SYN to a port where nothing listens becomes one `refused` event with
 //! both endpoints, the namespace and the kernel's reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The systemd unit in dist/ is valid for systemd and hardened: checked
 //! with systemd-analyze against the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 
 use std::process::Command;
 

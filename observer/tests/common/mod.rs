@@ -1,5 +1,6 @@
 //! Real-kernel test harness: network namespaces the test creates and
 //! removes, the real daemon binary, and `expect_event` on its JSON log.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a test is a failed test
 #![allow(dead_code)]
 
 use std::{
