@@ -2,8 +2,12 @@
 //! unknown keys and bad values are refused with their line number.
 //! `observer config` prints the defaults with their documentation.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
+use documented::DocumentedFields;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -20,52 +24,81 @@ pub enum ConfigError {
     Invalid { path: PathBuf, line: Option<usize>, message: String },
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The whole file. Each field is a `[section]`; its doc comment is the
+/// comment above the section's header in `observer config`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Where the daemon writes: the JSON log, the state and its health.
     pub daemon: DaemonConfig,
-    pub capture: CaptureConfig,
+    /// The history of failures and diagnoses that the CLI reads.
     pub history: HistoryConfig,
+    /// The kernel side: the ring buffer, sampling, the exact counters and
+    /// the hooks.
+    pub capture: CaptureConfig,
+    /// How failures are grouped into diagnoses, and when those open,
+    /// escalate and resolve.
     pub diagnosis: DiagnosisConfig,
+    /// The live system's facts a diagnosis names: listeners and their
+    /// processes, sysctls, firewall rules.
     pub enrich: EnrichConfig,
+    /// The kernel's files, for hosts that have them elsewhere.
     pub kernel: KernelPaths,
+    /// RFC 5424 messages: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - MSG`
+    /// with MSGID `failure` or `diagnosis` and MSG the record's JSON, the same
+    /// line as in the JSON log. Severity: failures informational, diagnoses
+    /// warning (open, ongoing), error (escalated), notice (resolved). Receivers
+    /// should accept messages of 64 KiB (rsyslog: global(maxMessageSize="64k")).
     pub syslog: crate::sink::syslog::SyslogConfig,
+    /// Prometheus endpoint: OpenMetrics text at `/metrics`.
     pub metrics: crate::sink::metrics::MetricsConfig,
+    /// Webhook: one JSON POST (the diagnosis record, plus `message` and
+    /// `host.name`) when a diagnosis opens and when it escalates; never per
+    /// event or per update.
     pub alerts: crate::sink::webhook::AlertsConfig,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
-    /// NDJSON log of failure events and diagnoses (one JSON object per line).
+    /// NDJSON log of failure events and diagnoses, one JSON object per line.
     pub json_log: PathBuf,
-    /// History and the instance lock.
+    /// History (SQLite) and the instance lock (observer.pid) that keeps a
+    /// second daemon from starting on it.
     pub state_dir: PathBuf,
-    /// The running daemon's health file (`observer doctor` reads it); a
-    /// tmpfs, so that it is written even when the state's disk is full.
+    /// The running daemon's health (status.json: counters, what was lost and
+    /// why), read by `observer doctor`. A tmpfs, so that it is written even when
+    /// the disk of the log and the history is full.
     pub runtime_dir: PathBuf,
-    /// Group that may read the history (the CLI without root); empty: root only.
-    pub group: String,
-    /// Rotate the JSON log past this size in bytes (0: never).
+    /// Size-based rotation of the JSON log: past this many bytes (0: never)
+    /// it is renamed to .1 (older ones shift up to .json_log_keep) and a new
+    /// file is started; shippers follow by inode.
     pub json_log_max_bytes: u64,
-    /// Rotated JSON logs kept (`.1` newest).
+    /// Rotated JSON logs kept (.1 is the newest).
     pub json_log_keep: u32,
-    /// fsync the JSON log at most this often while records arrive, in milliseconds.
+    /// Lines reach the kernel at once; they are fsync'd at most this often
+    /// (milliseconds) while records arrive, before each rotation and at
+    /// shutdown: a host crash loses at most this much of the log.
     pub json_log_fsync_ms: u64,
+    /// Group whose members may read the history with the CLI, without root
+    /// (the directory is made 0750 and the database 0640 for it). Empty: root only.
+    pub group: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
-    /// Keep the history (the CLI's `summary`, `events`, `why`). When on, the
-    /// daemon refuses to start if the state directory cannot hold it.
+    /// Keep the history that `observer summary`, `events` and `why` read, in
+    /// state_dir. When on, the daemon refuses to start if the state directory
+    /// cannot hold it (a file, read-only, another daemon's); off: none is kept.
     pub enabled: bool,
-    /// Failure events and diagnoses older than this are deleted.
+    /// Failure events and diagnoses older than this many days are deleted.
     pub max_age_days: u64,
-    /// The database is kept under this size (oldest failure events go first).
+    /// The database is kept under this many bytes; the oldest failure events
+    /// are deleted first.
     pub max_bytes: u64,
-    /// Records waiting for the disk at most (while it is slow or full);
-    /// about 1 KB of memory each.
+    /// Records held in memory while the disk is slow or full (at least 1;
+    /// about 1 KB each); beyond it new ones are dropped, counted and reported.
     pub pending_max: usize,
 }
 
@@ -75,68 +108,93 @@ impl Default for HistoryConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaptureConfig {
-    /// Ring buffer size in bytes (a power of two, at least one page).
+    /// Ring buffer between the kernel programs and the daemon, in bytes (a
+    /// power of two, at least 4096). When it is full, samples are counted as
+    /// lost; the exact counters are not affected.
     pub ring_buffer_bytes: u32,
-    /// Sampled events per second per (netns, action, local endpoint) and CPU.
-    /// Counters stay exact beyond it; samples carry `event.count`.
+    /// Sampled events per second for each (netns, action, local endpoint) on
+    /// each CPU (at least 1). Beyond it only the exact counters move; the daemon
+    /// reports the rest as reconciliation records (event.reconciled = true,
+    /// event.count = how many), so the counts in the log add up to the kernel's.
     pub samples_per_sec: u32,
-    /// Sampled events per second of all keys together, per CPU (0: no
-    /// limit). Counters stay exact beyond it too.
+    /// The same for all keys together, per CPU (0: no limit): a burst over
+    /// many keys, such as a scan of thousands of ports, costs the log at most
+    /// this many samples a second; the counters carry the rest.
     pub samples_total_per_sec: u32,
-    /// Reconciliation records written per counter poll at most; keys left
-    /// over are reported at the next poll, with exact counts.
+    /// Reconciliation records written per counter poll at most (at least 1),
+    /// the largest counts first; the keys left over are reported at the next
+    /// poll, so the counts stay exact and the log volume of a burst stays bounded.
     pub reconciliation_records_per_poll: u32,
-    /// Keys kept by the exact counters and the sampler (LRU beyond it).
+    /// Keys (netns, action, local endpoint) tracked by the counters and the
+    /// sampler, 1 to 1048576 (each key costs kernel memory on every CPU); the
+    /// least recently used is evicted beyond it. The daemon keeps
+    /// reconciliation state for at most twice as many.
     pub counter_entries: u32,
-    /// How often the exact counters are read and reconciled with the samples, in milliseconds.
+    /// How often the exact counters are read and reconciled with the samples,
+    /// in milliseconds (100 to 60000). Reconciliation records follow a burst
+    /// within two periods.
     pub counter_poll_ms: u64,
-    /// Least time between two warnings about lost samples or counts, in seconds.
+    /// Least time between two warnings about lost samples or counts, in
+    /// seconds (at least 1).
     pub loss_warning_secs: u64,
-    /// Hooks not to attach, by name (see `observer doctor`).
+    /// Hooks not to attach, by name (`observer doctor` lists them): tcp_send_reset,
+    /// tcp_receive_reset, tcp_retransmit_synack, inet_sock_set_state, tcp_connect,
+    /// kfree_skb, answers, tcp_conn_request, syn_recv_sock, listener_ingress,
+    /// net_dev_queue.
+    /// On a kernel without BPF trampolines (`observer doctor` shows
+    /// listener_ingress and net_dev_queue standing in), disabling those two
+    /// per-packet fallbacks makes short connections cheaper, and loses what
+    /// doctor then says (SYN-stage overflows, reject vs drop).
     pub disable_hooks: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiagnosisConfig {
-    /// Sliding window over which failures are counted, in seconds.
+    /// Sliding window over which failures are counted, in seconds (1 to 3600).
     pub window_secs: u64,
-    /// Failures within the window that open a diagnosis.
+    /// Failures of one endpoint within the window that open a diagnosis (at
+    /// least 1). A port scan's single SYN per port stays below it.
     pub min_failures: u64,
-    /// Least time between two updates of an open diagnosis, in seconds.
+    /// Least time between two updates (same id, new counts) of an open
+    /// diagnosis, in seconds.
     pub update_interval_secs: u64,
     /// Quiet time after which a diagnosis is resolved, in seconds.
     pub resolve_after_secs: u64,
-    /// An open diagnosis escalates once when its window count reaches this
-    /// many times the count it opened with (0: never).
+    /// An open diagnosis escalates once when its window count reaches this many
+    /// times the count it opened with (0: never). Alerts fire on open and escalate.
     pub escalate_factor: u64,
     /// Distinct ports one source fails on within the window that make it a
-    /// port scan (0: no scan detection).
+    /// port scan, reported as port_scan instead of outages (0: no scan detection).
     pub scan_ports: usize,
-    /// Endpoints (netns, kind, address, port) tracked at once; least
-    /// recently failing ones are forgotten beyond it.
+    /// Memory bound: endpoints (netns, kind, address, port) tracked at once
+    /// (at least 1); the least recently failing ones are forgotten beyond it.
     pub max_endpoints: usize,
-    /// Distinct clients remembered per endpoint (counts stay exact).
+    /// Memory bound: distinct clients remembered per endpoint (at least 1;
+    /// the counts stay exact).
     pub max_clients: usize,
-    /// Sources tracked for scan detection.
+    /// Memory bound: sources tracked for scan detection (at least 1).
     pub max_scan_sources: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct EnrichConfig {
-    /// The nft binary, for firewall rules.
+    /// The nft binary: diagnoses name the nftables rule that drops or rejects.
     pub nft: String,
-    /// How often every namespace's listeners are polled into the history, in milliseconds.
+    /// How often every network namespace's listeners are polled into the
+    /// history, in milliseconds (at least 100), so that a listener that goes
+    /// away is remembered with its process.
     pub poll_interval_ms: u64,
-    /// How old a namespace's listeners, sysctls and ruleset may be when a diagnosis reuses them.
+    /// How old a namespace's listeners, sysctls and ruleset may be when a
+    /// diagnosis reuses them, in milliseconds.
     pub snapshot_max_age_ms: u64,
     /// How long a listener that went away is remembered, in seconds.
     pub listener_history_secs: u64,
-    /// Listeners remembered at most (oldest forgotten first).
+    /// Listeners that went away remembered at most (the oldest are forgotten first).
     pub max_listener_history: usize,
 }
 
@@ -168,15 +226,16 @@ impl Default for EnrichConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct KernelPaths {
-    /// Where tracefs is (mounted there when absent).
+    /// tracefs; mounted here when absent.
     pub tracefs: PathBuf,
-    /// Kernel BTF.
+    /// Kernel BTF: struct member offsets are read from it, and the BTF
+    /// tracepoint and the fentry/fexit programs are loaded against it.
     pub btf: PathBuf,
-    /// Kernel symbols, to resolve kfree_skb's drop location on kernels
-    /// without drop reasons (before 5.17).
+    /// Kernel symbols: on kernels without drop reasons (before 5.17) they tell
+    /// which function dropped a packet (refused connections, firewall drops).
     pub kallsyms: PathBuf,
 }
 
@@ -186,10 +245,10 @@ impl Default for DaemonConfig {
             json_log: PathBuf::from("/var/log/observer/events.ndjson"),
             state_dir: PathBuf::from("/var/lib/observer"),
             runtime_dir: PathBuf::from("/run/observer"),
-            group: String::new(),
             json_log_max_bytes: 100 << 20,
             json_log_keep: 5,
             json_log_fsync_ms: 5000,
+            group: String::new(),
         }
     }
 }
@@ -296,164 +355,59 @@ impl Config {
             .collect()
     }
 
-    /// The defaults as a documented TOML file (`observer config`).
-    pub fn documented_defaults() -> String {
-        let d = Config::default();
-        format!(
-            r#"# observer configuration. Every key is optional; shown are the defaults.
+    /// The defaults as a documented TOML file (`observer config`): every key
+    /// with its default value and, above it, its field's doc comment.
+    ///
+    /// Generated from the structs, so that the file cannot drift from them:
+    /// the values are what serde writes for `Config::default()` (and so what
+    /// it reads back), the comments are the doc comments, which
+    /// `DocumentedFields` refuses to compile without. An error would be a
+    /// default that TOML cannot hold (an integer past i64).
+    pub fn documented_defaults() -> Result<String, toml::ser::Error> {
+        let mut out = String::from("# observer configuration. Every key is optional; shown are the defaults.\n");
+        // Destructured without `..`: a section added to Config and not
+        // listed here does not compile.
+        macro_rules! sections {
+            ($($section:ident),*) => {{
+                let Config { $($section),* } = Config::default();
+                $( write_section(&mut out, stringify!($section), &$section)?; )*
+            }};
+        }
+        sections!(daemon, history, capture, diagnosis, enrich, kernel, syslog, metrics, alerts);
+        Ok(out)
+    }
+}
 
-[daemon]
-# NDJSON log of failure events and diagnoses, one JSON object per line.
-json_log = {json_log:?}
-# History (SQLite) and the lock that keeps a second daemon from starting
-# on it (observer.pid).
-state_dir = {state_dir:?}
-# The running daemon's health (status.json: counters, what was lost and
-# why), read by `observer doctor`. A tmpfs, so that it is written even when
-# the disk of the log and the history is full.
-runtime_dir = {runtime_dir:?}
-# Size-based rotation of the JSON log: past json_log_max_bytes (0: never)
-# it is renamed to .1 (older ones shift up to .json_log_keep) and a new
-# file is started; shippers follow by inode.
-json_log_max_bytes = {log_max}
-json_log_keep = {log_keep}
-# Lines reach the kernel at once; they are fsync'd at most this often
-# (milliseconds) while records arrive, before each rotation and at
-# shutdown: a host crash loses at most this much of the log.
-json_log_fsync_ms = {log_fsync}
-# Group whose members may read the history with the CLI, without root
-# (the directory is made 0750 and the database 0640 for it). Empty: root only.
-group = ""
+/// One `[section]` of the template: the section's doc comment, its header,
+/// then each key in the struct's order with its doc comment above it.
+fn write_section<T: Serialize + DocumentedFields>(
+    out: &mut String,
+    name: &str,
+    section: &T,
+) -> Result<(), toml::ser::Error> {
+    let values = toml::Table::try_from(section)?;
+    out.push('\n');
+    write_comment(out, Config::get_field_docs(name).unwrap_or_default());
+    let _ = writeln!(out, "[{name}]");
+    for (key, doc) in T::FIELD_NAMES.iter().zip(T::FIELD_DOCS) {
+        write_comment(out, doc);
+        let _ = match values.get(*key) {
+            Some(value) => writeln!(out, "{key} = {value}"),
+            // serde leaves a `None` out: there is no value to show.
+            None => writeln!(out, "# {key}: unset by default"),
+        };
+    }
+    Ok(())
+}
 
-[history]
-# Keep the history that `observer summary`, `events` and `why` read, in
-# state_dir. When on, the daemon refuses to start if the state directory
-# cannot hold it (a file, read-only, another daemon's); off: none is kept.
-enabled = true
-# Failure events and diagnoses older than this many days are deleted.
-max_age_days = {hist_age}
-# The database is kept under this many bytes; the oldest failure events
-# are deleted first.
-max_bytes = {hist_bytes}
-# Records held in memory while the disk is slow or full (at least 1;
-# about 1 KB each); beyond it new ones are dropped, counted and reported.
-pending_max = {hist_pending}
-
-[capture]
-# Ring buffer between the kernel programs and the daemon, in bytes
-# (a power of two). When it is full, samples are counted as lost; the
-# exact counters are not affected.
-ring_buffer_bytes = {rb}
-# Sampled events per second for each (netns, action, local endpoint) on
-# each CPU. Beyond it only the exact counters move; the daemon reports the
-# rest as reconciliation records (event.reconciled = true, event.count = how
-# many), so the counts in the log add up to the kernel's.
-samples_per_sec = {sps}
-# The same for all keys together, per CPU (0: no limit): a burst over
-# many keys, such as a scan of thousands of ports, costs the log at most
-# this many samples a second; the counters carry the rest.
-samples_total_per_sec = {sps_total}
-# Reconciliation records written per counter poll at most, the largest
-# counts first; the keys left over are reported at the next poll, so the
-# counts stay exact and the log volume of a burst stays bounded.
-reconciliation_records_per_poll = {recon_max}
-# Keys (netns, action, local endpoint) tracked by the counters and the
-# sampler; the least recently used is evicted beyond it. The daemon keeps
-# reconciliation state for at most twice as many.
-counter_entries = {ce}
-# How often the exact counters are read and reconciled, in milliseconds
-# (100 to 60000). Reconciliation records follow a burst within two periods.
-counter_poll_ms = {cpoll}
-# Least time between two warnings about lost samples or counts, in seconds.
-loss_warning_secs = {lossw}
-# Hooks not to attach, by name: {hooks}.
-# On a kernel without BPF trampolines (`observer doctor` shows
-# listener_ingress and net_dev_queue standing in), disabling those two
-# per-packet fallbacks makes short connections cheaper, and loses what
-# doctor then says (SYN-stage overflows, reject vs drop).
-disable_hooks = []
-
-[diagnosis]
-# Sliding window over which failures are counted, in seconds (1 to 3600).
-window_secs = {window}
-# Failures of one endpoint within the window that open a diagnosis. A port
-# scan's single SYN per port stays below it.
-min_failures = {minf}
-# Least time between two updates (same id, new counts) of an open diagnosis.
-update_interval_secs = {upd}
-# Quiet time after which a diagnosis is resolved.
-resolve_after_secs = {resolve}
-# An open diagnosis escalates once when its window count reaches this many
-# times the count it opened with (0: never). Alerts fire on open and escalate.
-escalate_factor = {esc}
-# Distinct ports one source fails on within the window that make it a
-# port scan, reported as port_scan instead of outages (0: off).
-scan_ports = {scan}
-# Memory bounds: endpoints tracked at once (least recently failing are
-# forgotten), distinct clients remembered per endpoint, sources tracked for
-# scan detection.
-max_endpoints = {maxe}
-max_clients = {maxc}
-max_scan_sources = {maxs}
-
-[enrich]
-# The nft binary: diagnoses name the nftables rule that drops or rejects.
-nft = {nft:?}
-# How often every network namespace's listeners are polled, so that a
-# listener that goes away is remembered with its process (milliseconds).
-poll_interval_ms = {poll}
-# How old listeners, sysctls and rulesets may be when reused (milliseconds).
-snapshot_max_age_ms = {age}
-# How long, and how many, listeners that went away are remembered.
-listener_history_secs = {hist}
-max_listener_history = {maxh}
-
-[kernel]
-# tracefs; mounted here when absent.
-tracefs = {tracefs:?}
-# Kernel BTF, for struct member offsets.
-btf = {btf:?}
-# Kernel symbols: on kernels without drop reasons (before 5.17) they tell
-# which function dropped a packet (refused connections, firewall drops).
-kallsyms = {kallsyms:?}
-
-{outputs}"#,
-            json_log = d.daemon.json_log.display().to_string(),
-            state_dir = d.daemon.state_dir.display().to_string(),
-            runtime_dir = d.daemon.runtime_dir.display().to_string(),
-            rb = d.capture.ring_buffer_bytes,
-            sps = d.capture.samples_per_sec,
-            sps_total = d.capture.samples_total_per_sec,
-            recon_max = d.capture.reconciliation_records_per_poll,
-            ce = d.capture.counter_entries,
-            cpoll = d.capture.counter_poll_ms,
-            lossw = d.capture.loss_warning_secs,
-            hooks = crate::hooks::HOOKS.iter().map(|h| h.program).collect::<Vec<_>>().join(", "),
-            log_max = d.daemon.json_log_max_bytes,
-            log_keep = d.daemon.json_log_keep,
-            log_fsync = d.daemon.json_log_fsync_ms,
-            hist_age = d.history.max_age_days,
-            hist_bytes = d.history.max_bytes,
-            hist_pending = d.history.pending_max,
-            window = d.diagnosis.window_secs,
-            minf = d.diagnosis.min_failures,
-            upd = d.diagnosis.update_interval_secs,
-            resolve = d.diagnosis.resolve_after_secs,
-            esc = d.diagnosis.escalate_factor,
-            scan = d.diagnosis.scan_ports,
-            maxe = d.diagnosis.max_endpoints,
-            maxc = d.diagnosis.max_clients,
-            maxs = d.diagnosis.max_scan_sources,
-            nft = d.enrich.nft,
-            poll = d.enrich.poll_interval_ms,
-            age = d.enrich.snapshot_max_age_ms,
-            hist = d.enrich.listener_history_secs,
-            maxh = d.enrich.max_listener_history,
-            tracefs = d.kernel.tracefs.display().to_string(),
-            btf = d.kernel.btf.display().to_string(),
-            kallsyms = d.kernel.kallsyms.display().to_string(),
-            outputs = crate::sink::outputs::documented_defaults(),
-        )
+fn write_comment(out: &mut String, doc: &str) {
+    for line in doc.lines() {
+        out.push('#');
+        if !line.is_empty() {
+            out.push(' ');
+            out.push_str(line);
+        }
+        out.push('\n');
     }
 }
 
@@ -499,7 +453,31 @@ mod tests {
 
     #[test]
     fn documented_defaults_parse_back_to_the_defaults() {
-        assert_eq!(parse(&Config::documented_defaults()).unwrap(), Config::default());
+        assert_eq!(parse(&Config::documented_defaults().unwrap()).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_key_of_the_defaults_is_in_the_template_with_a_comment_above_it() {
+        let template = Config::documented_defaults().unwrap();
+        let lines: Vec<&str> = template.lines().collect();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert!(!defaults.is_empty());
+        for (section, keys) in &defaults {
+            let keys = keys.as_table().unwrap();
+            let header = format!("[{section}]");
+            let start = lines.iter().position(|l| *l == header).unwrap_or_else(|| panic!("no {header}"));
+            assert!(lines[start - 1].starts_with('#'), "no comment above {header}");
+            let end = lines[start + 1..].iter().position(|l| l.starts_with('[')).map_or(lines.len(), |n| start + 1 + n);
+            assert!(!keys.is_empty(), "{header} is empty");
+            for (key, value) in keys {
+                let line = format!("{key} = {value}");
+                let at = lines[start..end]
+                    .iter()
+                    .position(|l| *l == line)
+                    .unwrap_or_else(|| panic!("{section}.{key}: no `{line}` under {header}"));
+                assert!(lines[start + at - 1].starts_with("# "), "{section}.{key}: no comment above it");
+            }
+        }
     }
 
     #[test]

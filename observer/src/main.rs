@@ -91,7 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config => {
-            print!("{}", Config::documented_defaults());
+            print!("{}", Config::documented_defaults()?);
             Ok(())
         }
         Command::Lab(args) => {

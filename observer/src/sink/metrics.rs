@@ -20,6 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use documented::DocumentedFields;
 use http_body_util::Full;
 use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -40,12 +41,15 @@ use crate::{
     stats::Stats,
 };
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `address:port` to serve `/metrics` on; empty: no endpoint.
+    /// address:port to serve /metrics on, e.g. "127.0.0.1:9464"; empty: no
+    /// endpoint. Not authenticated: bind it to loopback or a management network.
     pub listen: String,
-    /// Distinct destination ports with their own `port` label.
+    /// Destination ports with their own `port` label in observer_failures_total:
+    /// the first ones seen since start; the rest are counted as port="other",
+    /// which bounds the number of series.
     pub max_ports: usize,
 }
 

@@ -22,6 +22,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use documented::DocumentedFields;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::{
@@ -107,23 +108,33 @@ impl Facility {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyslogConfig {
+    /// Send records to syslog.
     pub enabled: bool,
+    /// udp, tcp (octet-counting framing, RFC 6587) or unix (a datagram socket
+    /// such as /dev/log; rsyslog's imuxsock needs UseSpecialParser="off" to read
+    /// RFC 5424 there).
     pub transport: Transport,
-    /// `host:port` for udp and tcp, a socket path for unix.
+    /// host:port for udp and tcp; the socket path for unix.
     pub address: String,
+    /// kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv,
+    /// ftp, local0 ... local7.
     pub facility: Facility,
     /// RFC 5424 APP-NAME: 1 to 48 printable ASCII characters.
     pub app_name: String,
-    /// RFC 5424 HOSTNAME; empty: the kernel's host name.
+    /// RFC 5424 HOSTNAME (up to 255 printable ASCII characters); empty: the
+    /// kernel's host name.
     pub hostname: String,
     /// Send failure events.
     pub failures: bool,
     /// Send diagnoses (every status).
     pub diagnoses: bool,
-    /// Records waiting to be sent; beyond it they are dropped and counted.
+    /// Records waiting to be sent. When the receiver is slow or down (TCP
+    /// reconnects with backoff) the queue fills and further records are
+    /// dropped and counted (observer_syslog_dropped_total); the log and the
+    /// pipeline never wait for syslog.
     pub queue: usize,
 }
 

@@ -21,6 +21,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use documented::DocumentedFields;
 use http_body_util::Full;
 use hyper::{header, Request, StatusCode, Uri};
 use hyper_util::{
@@ -37,20 +38,26 @@ use super::{
 };
 use crate::diagnose::record::{DiagnosisRecord, Status};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
-    /// `http://host:port/path` to POST alerts to; empty: no alerts.
+    /// http://host:port/path to POST alerts to (http:// only: https through a
+    /// local relay); empty: no alerts.
     pub webhook_url: String,
-    /// Per attempt: connect, send, and the response's status line.
+    /// Per attempt (connect, send, and the response's status line), in milliseconds.
     pub timeout_ms: u64,
-    /// Retries after the first attempt.
+    /// Retries after the first attempt, on connection errors, timeouts, 5xx and
+    /// 429 (other 4xx are final).
     pub max_retries: u32,
-    /// Delay before the first retry; doubles on each further one.
+    /// Delay before the first retry, in milliseconds; it doubles on each
+    /// further one up to backoff_max_ms (a Retry-After from the receiver is
+    /// honoured).
     pub backoff_ms: u64,
-    /// Longest delay between two attempts.
+    /// Longest delay between two attempts, in milliseconds.
     pub backoff_max_ms: u64,
-    /// POSTs in any 60 seconds, summaries included.
+    /// POSTs in any 60 seconds, summaries included. Alerts beyond it are
+    /// counted (observer_alerts_rate_limited_total) and summarized in one POST
+    /// (event.dataset observer.alert_summary) when the window has room again.
     pub max_per_minute: u32,
     /// Alerts waiting for delivery; beyond it they are dropped and counted.
     pub queue: usize,
