@@ -14,13 +14,11 @@
 use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use bytes::Bytes;
-use documented::DocumentedFields;
 use http_body_util::Full;
 use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -30,43 +28,16 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use super::{outputs::OutputStats, Record};
 use crate::{
+    config::MetricsConfig,
     diagnose::record::{Kind, Status},
     hooks::HookStatus,
     stats::Stats,
 };
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// address:port to serve /metrics on, e.g. "127.0.0.1:9464"; empty: no
-    /// endpoint. Not authenticated: bind it to loopback or a management network.
-    pub listen: String,
-    /// Destination ports with their own `port` label in observer_failures_total:
-    /// the first ones seen since start; the rest are counted as port="other",
-    /// which bounds the number of series.
-    pub max_ports: usize,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig { listen: String::new(), max_ports: 100 }
-    }
-}
-
-impl MetricsConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
-            return Err(format!("metrics.listen = {:?}: an address:port such as \"127.0.0.1:9464\"", self.listen));
-        }
-        Ok(())
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {

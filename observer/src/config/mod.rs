@@ -1,17 +1,24 @@
 //! The TOML configuration. Every key is optional (`#[serde(default)]`);
 //! unknown keys and bad values are refused with their line number.
-//! `observer config` prints the defaults with their documentation.
+//! `observer config` prints the defaults with their documentation
+//! (`template`).
+//!
+//! The stages read their sections from here, and this module imports
+//! nothing from them: it says which values a file may hold, not what a
+//! stage does with them. So a stage's table stays out of it too:
+//! `capture.disable_hooks` is kept as the names written, and the hooks
+//! module turns them into hooks (`hooks::parse_disabled`).
 
-use std::{
-    fmt::Write as _,
-    path::{Path, PathBuf},
-};
+mod sinks;
+mod template;
+
+use std::path::{Path, PathBuf};
 
 use documented::DocumentedFields;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::hooks::Hook;
+pub use self::sinks::{AlertsConfig, Facility, MetricsConfig, SyslogConfig, Transport};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -49,13 +56,13 @@ pub struct Config {
     /// line as in the JSON log. Severity: failures informational, diagnoses
     /// warning (open, ongoing), error (escalated), notice (resolved). Receivers
     /// should accept messages of 64 KiB (rsyslog: global(maxMessageSize="64k")).
-    pub syslog: crate::sink::syslog::SyslogConfig,
+    pub syslog: SyslogConfig,
     /// Prometheus endpoint: OpenMetrics text at `/metrics`.
-    pub metrics: crate::sink::metrics::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// Webhook: one JSON POST (the diagnosis record, plus `message` and
     /// `host.name`) when a diagnosis opens and when it escalates; never per
     /// event or per update.
-    pub alerts: crate::sink::webhook::AlertsConfig,
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
@@ -268,12 +275,20 @@ impl Default for CaptureConfig {
     }
 }
 
+impl KernelPaths {
+    /// Where the kernel has them by default; the kernel modules' own tests
+    /// read them there too.
+    pub const TRACEFS: &'static str = "/sys/kernel/tracing";
+    pub const BTF: &'static str = "/sys/kernel/btf/vmlinux";
+    pub const KALLSYMS: &'static str = "/proc/kallsyms";
+}
+
 impl Default for KernelPaths {
     fn default() -> Self {
         KernelPaths {
-            tracefs: PathBuf::from(crate::kernel::tracefs::DEFAULT_ROOT),
-            btf: PathBuf::from(crate::kernel::btf::DEFAULT_VMLINUX),
-            kallsyms: PathBuf::from(crate::kernel::kallsyms::DEFAULT_KALLSYMS),
+            tracefs: PathBuf::from(KernelPaths::TRACEFS),
+            btf: PathBuf::from(KernelPaths::BTF),
+            kallsyms: PathBuf::from(KernelPaths::KALLSYMS),
         }
     }
 }
@@ -343,71 +358,7 @@ impl Config {
         }
         self.syslog.validate()?;
         self.metrics.validate()?;
-        self.alerts.validate()?;
-        self.disabled_hooks().map(|_| ())
-    }
-
-    pub fn disabled_hooks(&self) -> Result<Vec<Hook>, String> {
-        self.capture
-            .disable_hooks
-            .iter()
-            .map(|n| Hook::from_name(n).ok_or_else(|| format!("capture.disable_hooks: unknown hook {n:?}")))
-            .collect()
-    }
-
-    /// The defaults as a documented TOML file (`observer config`): every key
-    /// with its default value and, above it, its field's doc comment.
-    ///
-    /// Generated from the structs, so that the file cannot drift from them:
-    /// the values are what serde writes for `Config::default()` (and so what
-    /// it reads back), the comments are the doc comments, which
-    /// `DocumentedFields` refuses to compile without. An error would be a
-    /// default that TOML cannot hold (an integer past i64).
-    pub fn documented_defaults() -> Result<String, toml::ser::Error> {
-        let mut out = String::from("# observer configuration. Every key is optional; shown are the defaults.\n");
-        // Destructured without `..`: a section added to Config and not
-        // listed here does not compile.
-        macro_rules! sections {
-            ($($section:ident),*) => {{
-                let Config { $($section),* } = Config::default();
-                $( write_section(&mut out, stringify!($section), &$section)?; )*
-            }};
-        }
-        sections!(daemon, history, capture, diagnosis, enrich, kernel, syslog, metrics, alerts);
-        Ok(out)
-    }
-}
-
-/// One `[section]` of the template: the section's doc comment, its header,
-/// then each key in the struct's order with its doc comment above it.
-fn write_section<T: Serialize + DocumentedFields>(
-    out: &mut String,
-    name: &str,
-    section: &T,
-) -> Result<(), toml::ser::Error> {
-    let values = toml::Table::try_from(section)?;
-    out.push('\n');
-    write_comment(out, Config::get_field_docs(name).unwrap_or_default());
-    let _ = writeln!(out, "[{name}]");
-    for (key, doc) in T::FIELD_NAMES.iter().zip(T::FIELD_DOCS) {
-        write_comment(out, doc);
-        let _ = match values.get(*key) {
-            Some(value) => writeln!(out, "{key} = {value}"),
-            // serde leaves a `None` out: there is no value to show.
-            None => writeln!(out, "# {key}: unset by default"),
-        };
-    }
-    Ok(())
-}
-
-fn write_comment(out: &mut String, doc: &str) {
-    for line in doc.lines() {
-        out.push('#');
-        if !line.is_empty() {
-            out.push(' ');
-            out.push_str(line);
-        }
-        out.push('\n');
+        self.alerts.validate()
     }
 }
 
@@ -452,35 +403,6 @@ mod tests {
     }
 
     #[test]
-    fn documented_defaults_parse_back_to_the_defaults() {
-        assert_eq!(parse(&Config::documented_defaults().unwrap()).unwrap(), Config::default());
-    }
-
-    #[test]
-    fn every_key_of_the_defaults_is_in_the_template_with_a_comment_above_it() {
-        let template = Config::documented_defaults().unwrap();
-        let lines: Vec<&str> = template.lines().collect();
-        let defaults = toml::Table::try_from(Config::default()).unwrap();
-        assert!(!defaults.is_empty());
-        for (section, keys) in &defaults {
-            let keys = keys.as_table().unwrap();
-            let header = format!("[{section}]");
-            let start = lines.iter().position(|l| *l == header).unwrap_or_else(|| panic!("no {header}"));
-            assert!(lines[start - 1].starts_with('#'), "no comment above {header}");
-            let end = lines[start + 1..].iter().position(|l| l.starts_with('[')).map_or(lines.len(), |n| start + 1 + n);
-            assert!(!keys.is_empty(), "{header} is empty");
-            for (key, value) in keys {
-                let line = format!("{key} = {value}");
-                let at = lines[start..end]
-                    .iter()
-                    .position(|l| *l == line)
-                    .unwrap_or_else(|| panic!("{section}.{key}: no `{line}` under {header}"));
-                assert!(lines[start + at - 1].starts_with("# "), "{section}.{key}: no comment above it");
-            }
-        }
-    }
-
-    #[test]
     fn partial_sections_keep_other_defaults() {
         let c = parse("[capture]\nsamples_per_sec = 5\n").unwrap();
         assert_eq!(c.capture.samples_per_sec, 5);
@@ -517,9 +439,8 @@ mod tests {
     fn invalid_values_are_refused() {
         assert!(matches!(parse("[capture]\nring_buffer_bytes = 5000\n"), Err(ConfigError::Invalid { .. })));
         assert!(matches!(parse("[capture]\nsamples_per_sec = 0\n"), Err(ConfigError::Invalid { .. })));
-        let err = parse("[capture]\ndisable_hooks = [\"nope\"]\n").unwrap_err();
-        assert!(err.to_string().contains("unknown hook"), "{err}");
-        assert!(parse("[capture]\ndisable_hooks = [\"kfree_skb\"]\n").is_ok());
+        // Hook names are the hooks module's to check (hooks::parse_disabled).
+        assert!(parse("[capture]\ndisable_hooks = [\"nope\"]\n").is_ok());
         let err = parse("[capture]\ncounter_entries = 4294967295\n").unwrap_err();
         assert!(
             err.to_string().contains("line 2: capture.counter_entries = 4294967295: must be 1 to 1048576"),
