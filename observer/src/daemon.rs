@@ -74,7 +74,7 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     }
     let layout =
         KernelLayout::discover(&tracefs, &config.kernel.btf, &config.kernel.kallsyms, config.capture.samples_per_sec);
-    config.disabled_hooks().map_err(anyhow::Error::msg)?;
+    hooks::parse_disabled(&config.capture.disable_hooks).map_err(anyhow::Error::msg)?;
     let (mut ebpf, statuses) = hooks::load_configured(&config, &layout).map_err(|e| explain_load_error(e, &config))?;
     for s in &statuses {
         match &s.state {

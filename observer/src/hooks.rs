@@ -187,6 +187,16 @@ impl Hook {
     }
 }
 
+/// The hooks `capture.disable_hooks` names. The configuration keeps the
+/// names as written (it does not know this table); an unknown one is
+/// refused here, at the daemon's start.
+pub fn parse_disabled(names: &[String]) -> Result<Vec<Hook>, String> {
+    names
+        .iter()
+        .map(|n| Hook::from_name(n).ok_or_else(|| format!("capture.disable_hooks: unknown hook {n:?}")))
+        .collect()
+}
+
 /// Every program in the object, by its function name (what the kernel
 /// reports for a loaded program, cut to 15 bytes).
 pub fn program_names() -> Vec<&'static str> {
@@ -254,7 +264,7 @@ pub fn load_configured(
     config: &crate::config::Config,
     layout: &crate::kernel::layout::KernelLayout,
 ) -> Result<(Ebpf, Vec<HookStatus>), aya::EbpfError> {
-    let disabled = config.disabled_hooks().unwrap_or_default();
+    let disabled = parse_disabled(&config.capture.disable_hooks).unwrap_or_default();
     let kernel = KernelConfig { samples_total_per_sec: config.capture.samples_total_per_sec, ..layout.config };
     load(&LoadOptions {
         config: &kernel,
@@ -472,6 +482,35 @@ mod tests {
             assert_eq!(Hook::from_name(h.name()), Some(h));
         }
         assert_eq!(HOOKS.len(), all.len());
+    }
+
+    #[test]
+    fn disabled_hooks_are_parsed_by_name() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(parse_disabled(&names(&["kfree_skb", "answers"])), Ok(vec![Hook::KfreeSkb, Hook::Answers]));
+        assert_eq!(parse_disabled(&[]), Ok(vec![]));
+        assert_eq!(
+            parse_disabled(&names(&["kfree_skb", "nope"])),
+            Err("capture.disable_hooks: unknown hook \"nope\"".to_owned())
+        );
+    }
+
+    /// The doc comment of `capture.disable_hooks`, which `observer config`
+    /// prints, lists the hooks by hand: this keeps the list and HOOKS equal.
+    #[test]
+    fn the_disable_hooks_doc_lists_every_hook() {
+        use documented::DocumentedFields as _;
+        let doc = crate::config::CaptureConfig::get_field_docs("disable_hooks").unwrap();
+        // "Hooks not to attach, by name (...): a, b,\nc.\n..."
+        let (_, list) = doc.split_once("): ").unwrap();
+        let (list, _) = list.split_once('.').unwrap();
+        let listed: Vec<&str> = list.split(',').map(str::trim).collect();
+        let programs: Vec<&str> = HOOKS.iter().map(|h| h.program).collect();
+        assert_eq!(listed, programs, "the doc comment of CaptureConfig::disable_hooks");
+        let template = crate::config::Config::documented_defaults().unwrap();
+        for h in HOOKS {
+            assert!(template.contains(h.program), "{} is not in the template", h.program);
+        }
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config => {
-            print!("{}", Config::documented_defaults());
+            print!("{}", Config::documented_defaults()?);
             Ok(())
         }
         Command::Lab(args) => {

@@ -5,8 +5,6 @@ use std::path::Path;
 use btf_rs::{Btf, Type};
 use thiserror::Error;
 
-pub const DEFAULT_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-
 #[derive(Debug, Error)]
 pub enum BtfError {
     #[error("reading BTF from {0}: {1}")]
@@ -119,7 +117,7 @@ mod tests {
     /// BTF is part of the running kernel, so these read the real thing; a
     /// kernel without BTF skips them (doctor reports it).
     fn kernel() -> Option<KernelBtf> {
-        KernelBtf::load(Path::new(DEFAULT_VMLINUX)).ok()
+        KernelBtf::load(Path::new(crate::config::KernelPaths::BTF)).ok()
     }
 
     #[test]

@@ -15,8 +15,6 @@ use std::{collections::HashMap, path::Path};
 use observer_common::config::TextRange;
 use thiserror::Error;
 
-pub const DEFAULT_KALLSYMS: &str = "/proc/kallsyms";
-
 #[derive(Debug, Error)]
 pub enum KallsymsError {
     #[error("reading {0}: {1}")]

@@ -12,7 +12,7 @@ use std::{
 
 use thiserror::Error;
 
-pub const DEFAULT_ROOT: &str = "/sys/kernel/tracing";
+use crate::config::KernelPaths;
 
 #[derive(Debug, Error)]
 pub enum TracefsError {
@@ -198,7 +198,7 @@ impl Tracefs {
     /// Mounts tracefs at the default place when it is not mounted yet. Only
     /// the real root is mounted; a custom root (tests) is taken as given.
     pub fn ensure_mounted(&self) -> Result<bool, TracefsError> {
-        if self.root != Path::new(DEFAULT_ROOT) || self.root.join("events").is_dir() {
+        if self.root != Path::new(KernelPaths::TRACEFS) || self.root.join("events").is_dir() {
             return Ok(false);
         }
         nix::mount::mount(
@@ -271,7 +271,7 @@ print fmt: "skbaddr=%p state=%s reason=%s", REC->skbaddr, REC->state ? __print_s
 
     #[test]
     fn reads_this_kernels_format_when_present() {
-        let t = Tracefs::new(DEFAULT_ROOT);
+        let t = Tracefs::new(KernelPaths::TRACEFS);
         if let Ok(f) = t.format("tcp", "tcp_send_reset") {
             assert!(f.offset("skbaddr", Some(8)).is_ok());
             assert!(f.table_with("NO_SOCKET").is_some());

@@ -14,7 +14,6 @@
 use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -29,40 +28,16 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use super::{outputs::OutputStats, Record};
 use crate::{
+    config::MetricsConfig,
     diagnose::record::{Kind, Status},
     hooks::HookStatus,
     stats::Stats,
 };
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// `address:port` to serve `/metrics` on; empty: no endpoint.
-    pub listen: String,
-    /// Distinct destination ports with their own `port` label.
-    pub max_ports: usize,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig { listen: String::new(), max_ports: 100 }
-    }
-}
-
-impl MetricsConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
-            return Err(format!("metrics.listen = {:?}: an address:port such as \"127.0.0.1:9464\"", self.listen));
-        }
-        Ok(())
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {

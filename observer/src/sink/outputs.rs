@@ -16,9 +16,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{
-    metrics::{self, Metrics, MetricsConfig},
-    syslog::{SyslogConfig, SyslogSink},
-    webhook::{AlertsConfig, WebhookSink},
+    metrics::{self, Metrics},
+    syslog::SyslogSink,
+    webhook::WebhookSink,
     Record,
 };
 use crate::{config::Config, hooks::HookStatus, stats::Stats};
@@ -160,88 +160,4 @@ impl Outputs {
             server.abort();
         }
     }
-}
-
-/// The `[syslog]`, `[metrics]` and `[alerts]` sections of `observer config`.
-pub fn documented_defaults() -> String {
-    let s = SyslogConfig::default();
-    let m = MetricsConfig::default();
-    let a = AlertsConfig::default();
-    let transport = s.transport.as_str();
-    let facility = serde_json::to_value(s.facility).ok().and_then(|v| v.as_str().map(str::to_owned));
-    format!(
-        r#"[syslog]
-# RFC 5424 messages: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - MSG`
-# with MSGID `failure` or `diagnosis` and MSG the record's JSON, the same
-# line as in the JSON log. Severity: failures informational, diagnoses
-# warning (open, ongoing), error (escalated), notice (resolved). Receivers
-# should accept messages of 64 KiB (rsyslog: global(maxMessageSize="64k")).
-enabled = {enabled}
-# udp, tcp (octet-counting framing, RFC 6587) or unix (a datagram socket
-# such as /dev/log; rsyslog's imuxsock needs UseSpecialParser="off" to read
-# RFC 5424 there).
-transport = {transport:?}
-# host:port for udp and tcp; the socket path for unix.
-address = {address:?}
-# kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv,
-# ftp, local0 ... local7.
-facility = {facility:?}
-# APP-NAME: 1 to 48 printable ASCII characters.
-app_name = {app:?}
-# HOSTNAME; empty: the kernel's host name.
-hostname = ""
-# Which records to send.
-failures = {failures}
-diagnoses = {diagnoses}
-# Records waiting to be sent. When the receiver is slow or down (TCP
-# reconnects with backoff) the queue fills and further records are
-# dropped and counted (observer_syslog_dropped_total); the log and the
-# pipeline never wait for syslog.
-queue = {queue}
-
-[metrics]
-# Prometheus endpoint (OpenMetrics text at /metrics), e.g. "127.0.0.1:9464";
-# empty: off. Not authenticated: bind it to loopback or a management
-# network.
-listen = ""
-# Destination ports with their own `port` label in observer_failures_total:
-# the first ones seen since start; the rest are counted as port="other",
-# which bounds the number of series.
-max_ports = {max_ports}
-
-[alerts]
-# Webhook: one JSON POST (the diagnosis record, plus `message` and
-# `host.name`) when a diagnosis opens and when it escalates; never per
-# event or per update. http:// only. Empty: no alerts.
-webhook_url = ""
-# Per attempt, in milliseconds.
-timeout_ms = {timeout}
-# Retries after the first attempt, on connection errors, timeouts, 5xx and
-# 429 (other 4xx are final); delays start at backoff_ms and double up to
-# backoff_max_ms (a Retry-After from the receiver is honoured).
-max_retries = {retries}
-backoff_ms = {backoff}
-backoff_max_ms = {backoff_max}
-# POSTs in any 60 seconds. Alerts beyond it are counted
-# (observer_alerts_rate_limited_total) and summarized in one POST
-# (event.dataset observer.alert_summary) when the window has room again.
-max_per_minute = {per_minute}
-# Alerts waiting for delivery; beyond it they are dropped and counted.
-queue = {alert_queue}
-"#,
-        enabled = s.enabled,
-        address = s.address,
-        facility = facility.unwrap_or_default(),
-        app = s.app_name,
-        failures = s.failures,
-        diagnoses = s.diagnoses,
-        queue = s.queue,
-        max_ports = m.max_ports,
-        timeout = a.timeout_ms,
-        retries = a.max_retries,
-        backoff = a.backoff_ms,
-        backoff_max = a.backoff_max_ms,
-        per_minute = a.max_per_minute,
-        alert_queue = a.queue,
-    )
 }

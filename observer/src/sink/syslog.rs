@@ -22,7 +22,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::{
     io::AsyncWriteExt as _,
@@ -34,52 +33,13 @@ use super::{
     outputs::{OutputStats, WarnLimiter},
     Record,
 };
-use crate::diagnose::record::Status;
+use crate::{
+    config::{Facility, SyslogConfig, Transport},
+    diagnose::record::Status,
+};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Unix,
-}
-
-/// RFC 5424 section 6.2.1 facilities, by their usual names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Facility {
-    Kern,
-    User,
-    Mail,
-    Daemon,
-    Auth,
-    Syslog,
-    Lpr,
-    News,
-    Uucp,
-    Cron,
-    Authpriv,
-    Ftp,
-    Local0,
-    Local1,
-    Local2,
-    Local3,
-    Local4,
-    Local5,
-    Local6,
-    Local7,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Unix => "unix",
-        }
-    }
-}
-
+// The names are the configuration's (config::Facility); the numbers are
+// the wire's, so they are kept with the code that writes them.
 impl Facility {
     pub fn code(self) -> u8 {
         match self {
@@ -105,76 +65,6 @@ impl Facility {
             Facility::Local7 => 23,
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SyslogConfig {
-    pub enabled: bool,
-    pub transport: Transport,
-    /// `host:port` for udp and tcp, a socket path for unix.
-    pub address: String,
-    pub facility: Facility,
-    /// RFC 5424 APP-NAME: 1 to 48 printable ASCII characters.
-    pub app_name: String,
-    /// RFC 5424 HOSTNAME; empty: the kernel's host name.
-    pub hostname: String,
-    /// Send failure events.
-    pub failures: bool,
-    /// Send diagnoses (every status).
-    pub diagnoses: bool,
-    /// Records waiting to be sent; beyond it they are dropped and counted.
-    pub queue: usize,
-}
-
-impl Default for SyslogConfig {
-    fn default() -> Self {
-        SyslogConfig {
-            enabled: false,
-            transport: Transport::Udp,
-            address: "127.0.0.1:514".to_owned(),
-            facility: Facility::Daemon,
-            app_name: "observer".to_owned(),
-            hostname: String::new(),
-            failures: true,
-            diagnoses: true,
-            queue: 4096,
-        }
-    }
-}
-
-impl SyslogConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.enabled {
-            return Ok(());
-        }
-        if self.app_name.is_empty() || self.app_name.len() > 48 || !printable(&self.app_name) {
-            return Err(format!(
-                "syslog.app_name = {:?}: 1 to 48 printable ASCII characters, no spaces",
-                self.app_name
-            ));
-        }
-        if self.hostname.len() > 255 || !printable(&self.hostname) {
-            return Err(format!("syslog.hostname = {:?}: up to 255 printable ASCII characters", self.hostname));
-        }
-        if self.queue == 0 {
-            return Err("syslog.queue must be at least 1".into());
-        }
-        if !self.failures && !self.diagnoses {
-            return Err("syslog: failures and diagnoses are both off; set enabled = false instead".into());
-        }
-        match self.transport {
-            Transport::Unix if self.address.is_empty() => Err("syslog.address: a socket path is needed".into()),
-            Transport::Udp | Transport::Tcp if !self.address.contains(':') => {
-                Err(format!("syslog.address = {:?}: host:port expected for {:?}", self.address, self.transport))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-fn printable(s: &str) -> bool {
-    s.bytes().all(|b| (33..=126).contains(&b))
 }
 
 #[derive(Debug, Error)]
@@ -486,19 +376,6 @@ mod tests {
     #[test]
     fn octet_counting_prefixes_the_byte_length() {
         assert_eq!(octet_counted("<13>1 é".as_bytes()), b"8 <13>1 \xc3\xa9".to_vec());
-    }
-
-    #[test]
-    fn config_checks_names_and_addresses() {
-        let on = SyslogConfig { enabled: true, ..SyslogConfig::default() };
-        assert!(on.validate().is_ok());
-        assert!(SyslogConfig { app_name: "a b".into(), ..on.clone() }.validate().is_err());
-        assert!(SyslogConfig { app_name: "x".repeat(49), ..on.clone() }.validate().is_err());
-        assert!(SyslogConfig { address: "localhost".into(), ..on.clone() }.validate().is_err());
-        assert!(SyslogConfig { transport: Transport::Unix, address: "/dev/log".into(), ..on.clone() }
-            .validate()
-            .is_ok());
-        assert!(SyslogConfig { failures: false, diagnoses: false, ..on }.validate().is_err());
     }
 
     #[tokio::test]

@@ -27,7 +27,6 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -35,77 +34,10 @@ use super::{
     outputs::{OutputStats, WarnLimiter},
     Record,
 };
-use crate::diagnose::record::{DiagnosisRecord, Status};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertsConfig {
-    /// `http://host:port/path` to POST alerts to; empty: no alerts.
-    pub webhook_url: String,
-    /// Per attempt: connect, send, and the response's status line.
-    pub timeout_ms: u64,
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// Delay before the first retry; doubles on each further one.
-    pub backoff_ms: u64,
-    /// Longest delay between two attempts.
-    pub backoff_max_ms: u64,
-    /// POSTs in any 60 seconds, summaries included.
-    pub max_per_minute: u32,
-    /// Alerts waiting for delivery; beyond it they are dropped and counted.
-    pub queue: usize,
-}
-
-impl Default for AlertsConfig {
-    fn default() -> Self {
-        AlertsConfig {
-            webhook_url: String::new(),
-            timeout_ms: 5000,
-            max_retries: 5,
-            backoff_ms: 1000,
-            backoff_max_ms: 60_000,
-            max_per_minute: 10,
-            queue: 256,
-        }
-    }
-}
-
-impl AlertsConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.webhook_url.is_empty() {
-            return Ok(());
-        }
-        self.uri()?;
-        if self.timeout_ms == 0 {
-            return Err("alerts.timeout_ms must be at least 1".into());
-        }
-        if self.backoff_ms == 0 || self.backoff_max_ms < self.backoff_ms {
-            return Err("alerts.backoff_ms must be at least 1 and at most alerts.backoff_max_ms".into());
-        }
-        if self.max_per_minute == 0 || self.queue == 0 {
-            return Err("alerts.max_per_minute and alerts.queue must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    fn uri(&self) -> Result<Uri, String> {
-        let bad = |why: &str| format!("alerts.webhook_url = {:?}: {why}", self.webhook_url);
-        let uri: Uri = self.webhook_url.parse().map_err(|e| bad(&format!("{e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad(
-                    "https is not supported; send to a local relay over http (e.g. a reverse proxy on 127.0.0.1)",
-                ))
-            }
-            _ => return Err(bad("an http:// URL is needed")),
-        }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(bad("no host"));
-        }
-        Ok(uri)
-    }
-}
+use crate::{
+    config::AlertsConfig,
+    diagnose::record::{DiagnosisRecord, Status},
+};
 
 /// Whether a record is worth waking someone for.
 pub fn alerts_on(record: &DiagnosisRecord) -> bool {
@@ -382,17 +314,6 @@ pub fn alert_body(d: &DiagnosisRecord, host: &str) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_http_urls_with_a_host_are_accepted() {
-        let cfg = |url: &str| AlertsConfig { webhook_url: url.into(), ..AlertsConfig::default() };
-        assert!(cfg("").validate().is_ok());
-        assert!(cfg("http://127.0.0.1:8080/hook").validate().is_ok());
-        assert!(cfg("https://example.com/hook").validate().unwrap_err().contains("https"));
-        assert!(cfg("ftp://example.com/").validate().is_err());
-        assert!(cfg("/just/a/path").validate().is_err());
-        assert!(AlertsConfig { max_per_minute: 0, ..cfg("http://h/") }.validate().is_err());
-    }
 
     #[test]
     fn rate_limit_is_a_sliding_window() {
