@@ -75,17 +75,22 @@ pub struct Context<'a> {
     pub own_netns: Option<u32>,
 }
 
+/// A group's diagnosis record: what every kind has is made here, what each
+/// kind says (summary, advice, process, its evidence) by its own function below.
 pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
     let facts = cx.facts;
-    let here = if cx.own_netns == Some(key.netns) { String::new() } else { format!(" in netns {}", key.netns) };
-    let at = endpoint(key.ip, key.port);
-    let port = key.port;
     let clients = g.clients();
     let clients_txt =
         if g.clients_capped { format!("{clients}+ clients") } else { plural(clients, "client", "clients") };
-    let tries = format!("{} from {clients_txt}", plural(g.count, "attempt", "attempts"));
-    let serving = facts.serving(key.ip);
-    let listener_of_port = serving.or(facts.on_port.first());
+    let s = Scene {
+        key,
+        g,
+        facts,
+        here: if cx.own_netns == Some(key.netns) { String::new() } else { format!(" in netns {}", key.netns) },
+        at: endpoint(key.ip, key.port),
+        tries: format!("{} from {clients_txt}", plural(g.count, "attempt", "attempts")),
+        clients: clients_txt,
+    };
     let mut ev = Evidence {
         actions: g.actions.clone(),
         reasons: g.reasons.clone(),
@@ -95,301 +100,18 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
         unavailable: facts.errors.clone(),
         ..Evidence::default()
     };
-    let mut process: Option<Process> = None;
-    let owner_of = |l: &OwnedListener| l.owner.as_ref().map(|o| Process { pid: o.pid, name: o.name.clone() });
-    let (summary, advice): (String, Vec<String>) = match cx.kind {
-        Kind::NoListener => {
-            let mut s = format!("Nothing listens on port {port}{here}: {tries} to {at} were refused");
-            let mut advice = vec![format!(
-                "Start the service that should listen on port {port}, or point clients at the port it really uses (`ss -ltnp 'sport = :{port}'`)."
-            )];
-            if let Some(prev) = &facts.recent {
-                let gone = prev.gone.unwrap_or(prev.last_present);
-                let _ = write!(
-                    s,
-                    "; {} listened on {} until {} and is gone",
-                    who(&prev.listener),
-                    endpoint(prev.listener.listener.address, port),
-                    time(prev.last_present)
-                );
-                if let Some(o) = &prev.listener.owner {
-                    advice.insert(
-                        0,
-                        format!("Find out why {} stopped (its logs, `journalctl`, the OOM killer in `dmesg`) and restart it.", o.name),
-                    );
-                }
-                process = owner_of(&prev.listener);
-                ev.previous_listener = Some(PreviousListener {
-                    listener: ListenerEvidence::new(&prev.listener.listener, prev.listener.owner.as_ref(), None),
-                    last_seen: time(prev.last_present),
-                    gone_by: time(gone),
-                });
-            }
-            if let Some(l) = serving {
-                let _ = write!(s, "; {} listens there again now", who(l));
-                process = owner_of(l).or(process);
-                advice.push("The service is back; if the failures stop, nothing else is needed.".to_owned());
-                ev.listener = Some(ListenerEvidence::new(&l.listener, l.owner.as_ref(), None));
-            }
-            s.push('.');
-            (s, advice)
-        }
-        Kind::ListenerAddressMismatch => {
-            let (s, advice) = if let Some(l) = facts.on_port.first() {
-                process = owner_of(l);
-                let bound = endpoint(l.listener.address, port);
-                let why = match (l.listener.address, key.ip) {
-                    (IpAddr::V4(_), IpAddr::V6(_)) => "IPv4 only, while these clients use IPv6".to_owned(),
-                    (IpAddr::V6(a), IpAddr::V4(_)) if a.is_unspecified() => {
-                        "IPv6 only (IPV6_V6ONLY), while these clients use IPv4".to_owned()
-                    }
-                    (IpAddr::V6(_), IpAddr::V4(_)) => "IPv6 only, while these clients use IPv4".to_owned(),
-                    _ => format!("only on {}, while clients connect to {}", l.listener.address, key.ip),
-                };
-                (
-                    format!("Port {port}{here} is served by {} on {bound}, {why}: {tries} to {at} were refused.", who(l)),
-                    vec![
-                        format!(
-                            "Bind {} to the address clients use ({}), or to the wildcard (0.0.0.0 or [::] with IPV6_V6ONLY off).",
-                            l.owner.as_ref().map_or("the service", |o| o.name.as_str()),
-                            key.ip
-                        ),
-                        format!("Or point clients at {bound}."),
-                    ],
-                )
-            } else if let Some((ns, l)) = facts.elsewhere.first() {
-                process = owner_of(l);
-                (
-                    format!(
-                        "Port {port} is served by {} in another network namespace ({ns}), not{}: {tries} to {at} were refused.",
-                        who(l),
-                        if here.is_empty() { " in this one".to_owned() } else { here.clone() }
-                    ),
-                    vec![
-                        format!("Publish the port from namespace {ns} (a port mapping or DNAT rule), or run the service in the namespace clients reach."),
-                    ],
-                )
-            } else {
-                (format!("Port {port}{here}: {tries} refused."), vec![])
-            };
-            ev.other_listeners = facts
-                .on_port
-                .iter()
-                .map(|l| ListenerEvidence::new(&l.listener, l.owner.as_ref(), None))
-                .chain(
-                    facts
-                        .elsewhere
-                        .iter()
-                        .map(|(ns, l)| ListenerEvidence::new(&l.listener, l.owner.as_ref(), Some(*ns))),
-                )
-                .collect();
-            (s, advice)
-        }
-        Kind::AcceptQueueFull => {
-            let somaxconn = facts.sysctls.get("net.core.somaxconn").copied();
-            let l = listener_of_port;
-            process = l.and_then(owner_of);
-            let name = l.map_or_else(|| "the listener".to_owned(), who);
-            let backlog = g.queue.map(|q| q.backlog).or(l.map(|l| l.listener.backlog));
-            let queued = g.queue.map(|q| q.max_queue_len).or(l.map(|l| l.listener.queue));
-            let mut s = format!(
-                "{name} on port {port}{here} does not accept connections fast enough: its accept queue is full"
-            );
-            if let (Some(b), Some(q)) = (backlog, queued) {
-                let _ = write!(s, " (backlog {b}, {q} queued)");
-            }
-            let _ = write!(s, ", {} dropped", plural(g.count, "connection attempt", "connection attempts"));
-            s.push('.');
-            let app = process.as_ref().map_or("the service", |p| p.name.as_str());
-            let mut advice = vec![
-                format!("Make {app} call accept() faster: more worker processes or threads, or find what blocks its accept loop."),
-            ];
-            match (backlog, somaxconn) {
-                (Some(b), Some(max)) if (b as i64) < max => advice.push(format!(
-                    "Raise {app}'s listen backlog (now {b}) up to net.core.somaxconn ({max}) to absorb bursts."
-                )),
-                (Some(b), Some(max)) => advice.push(format!(
-                    "The backlog ({b}) is already at net.core.somaxconn ({max}): raise both (`sysctl -w net.core.somaxconn=...`) and the listen() backlog."
-                )),
-                _ => {}
-            }
-            if let Some(l) = l {
-                ev.listener = Some(ListenerEvidence::new(&l.listener, l.owner.as_ref(), None));
-            }
-            ev.sysctls = pick(facts, &["net.core.somaxconn"]);
-            (s, advice)
-        }
-        Kind::SynFlood => {
-            let cookies = facts.sysctls.get("net.ipv4.tcp_syncookies").copied();
-            let max_syn = facts.sysctls.get("net.ipv4.tcp_max_syn_backlog").copied();
-            let l = listener_of_port;
-            process = l.and_then(owner_of);
-            let name = l.map_or_else(|| "the listener".to_owned(), who);
-            let effect = match cookies {
-                Some(0) => "SYN cookies are off, so new SYNs are dropped",
-                Some(2) => "SYN cookies are always on",
-                Some(_) => "the kernel answers with SYN cookies (clients connect, with reduced TCP options)",
-                None => "SYN cookies unknown",
-            };
-            let s = format!(
-                "The SYN queue of {name} on port {port}{here} overflowed {}: {} half-open connections from {clients_txt}; {effect}.",
-                plural(g.count, "time", "times"),
-                g.queue.map_or("many".to_owned(), |q| q.max_queue_len.to_string()),
-            );
-            let mut advice = Vec::new();
-            if cookies == Some(0) {
-                advice.push("Turn SYN cookies on: `sysctl -w net.ipv4.tcp_syncookies=1`.".to_owned());
-            }
-            if let Some(m) = max_syn {
-                advice.push(format!(
-                    "Raise the SYN backlog (net.ipv4.tcp_max_syn_backlog = {m}, and the listen() backlog, which also caps it)."
-                ));
-            }
-            advice.push(
-                "If few sources send most SYNs (see sample_clients), rate-limit them with nftables (`limit rate` / meters)."
-                    .to_owned(),
-            );
-            if let Some(l) = l {
-                ev.listener = Some(ListenerEvidence::new(&l.listener, l.owner.as_ref(), None));
-            }
-            ev.sysctls =
-                pick(facts, &["net.ipv4.tcp_syncookies", "net.ipv4.tcp_max_syn_backlog", "net.core.somaxconn"]);
-            (s, advice)
-        }
-        Kind::FirewallDrop | Kind::FirewallReject => {
-            let (verb, noun) =
-                if cx.kind == Kind::FirewallDrop { ("drops", "dropped") } else { ("rejects", "rejected") };
-            process = listener_of_port.and_then(owner_of);
-            let target = listener_of_port.map(|l| format!(" to {}", who(l))).unwrap_or_default();
-            let s = match &facts.firewall {
-                Some(r) if r.handle.is_some() => format!(
-                    "nftables {verb} SYNs to port {port}{here}{target}: rule `{}` in table {} {} chain {} (handle {}); {} {noun}.",
-                    r.rule,
-                    r.family,
-                    r.table,
-                    r.chain,
-                    r.handle.unwrap_or_default(),
-                    tries
-                ),
-                Some(r) => format!(
-                    "nftables {verb} SYNs to port {port}{here}{target}: the policy of chain {} {} {} drops them; {tries} {noun}.",
-                    r.family, r.table, r.chain
-                ),
-                None => format!(
-                    "The firewall {verb} SYNs to port {port}{here}{target} (no matching nftables rule found: iptables-legacy?); {tries} {noun}."
-                ),
-            };
-            let mut advice = vec![];
-            if let Some(r) = &facts.firewall {
-                advice.push(format!(
-                    "If these clients should reach port {port}, allow them before that rule: `nft insert rule {} {} {} tcp dport {port} accept` (narrow it to their addresses).",
-                    r.family, r.table, r.chain
-                ));
-            }
-            advice.push("If the block is intended, nothing is broken: tell the clients' owners.".to_owned());
-            if let Some(l) = listener_of_port {
-                ev.listener = Some(ListenerEvidence::new(&l.listener, l.owner.as_ref(), None));
-            }
-            ev.firewall_rule = facts.firewall.clone();
-            (s, advice)
-        }
-        Kind::ServerReset => {
-            let l = listener_of_port;
-            process = l.and_then(owner_of);
-            let name = l.map_or_else(|| "The server".to_owned(), who);
-            let top = g.reasons.iter().max_by_key(|(_, n)| **n).map(|(r, _)| r.as_str()).unwrap_or("unknown");
-            let s = format!(
-                "{name} on port {port}{here} resets open connections: {} sent to {clients_txt} (kernel reason {top}).",
-                plural(g.count, "RST", "RSTs")
-            );
-            let mut advice = vec![format!(
-                "Check {}'s logs for aborted requests and crashes around {}.",
-                process.as_ref().map_or("the service", |p| p.name.as_str()),
-                time(g.last_seen)
-            )];
-            advice.push(match top {
-                "TCP_ABORT_ON_CLOSE" | "NOT_SPECIFIED" => {
-                    "The application closes sockets with unread data: it reads the request only partly, or closes on error.".to_owned()
-                }
-                "TCP_STATE" => "Sockets are closed with SO_LINGER 0 (an abortive close) or get segments after close.".to_owned(),
-                other => format!("The kernel's RST reason is {other}: see its meaning in include/net/rstreason.h."),
-            });
-            if let Some(l) = l {
-                ev.listener = Some(ListenerEvidence::new(&l.listener, l.owner.as_ref(), None));
-            }
-            (s, advice)
-        }
-        Kind::HandshakeIncomplete => {
-            let l = listener_of_port;
-            process = l.and_then(owner_of);
-            let list: Vec<String> = g.top_clients(5).iter().map(IpAddr::to_string).collect();
-            let s = format!(
-                "Clients {} do not complete the TCP handshake with port {port}{here}: the SYN-ACK was retransmitted {} and the final ACK never arrived.",
-                list.join(", "),
-                plural(g.count, "time", "times")
-            );
-            let advice = vec![
-                "Check the return path to these clients: asymmetric routing, rp_filter, or a NAT/load balancer that does not see the SYN-ACK.".to_owned(),
-                "Check firewalls on the clients' side or in between that drop inbound SYN-ACKs.".to_owned(),
-            ];
-            if let Some(l) = l {
-                ev.listener = Some(ListenerEvidence::new(&l.listener, l.owner.as_ref(), None));
-            }
-            ev.sysctls = pick(facts, &["net.ipv4.tcp_synack_retries"]);
-            (s, advice)
-        }
-        Kind::OutboundRefused | Kind::OutboundTimeout | Kind::OutboundUnreachable => {
-            ev.processes = g.top_processes(5);
-            process = ev.processes.first().cloned();
-            let by = process.as_ref().map(|p| format!(" by {} (pid {})", p.name, p.pid)).unwrap_or_default();
-            let n = plural(g.count, "outbound connection", "outbound connections");
-            let (s, advice) = match cx.kind {
-                Kind::OutboundRefused => (
-                    format!("{n}{by}{here} to {at} were refused: nothing listens there, or a firewall rejects them."),
-                    vec![format!("Check that the service at {at} runs and listens on that address; check the configured address and port.")],
-                ),
-                Kind::OutboundTimeout => (
-                    format!("{n}{by}{here} to {at} timed out: no answer to the SYNs."),
-                    vec![
-                        format!("A firewall (here, in between, or at {}) drops the SYNs, or the host is down.", key.ip),
-                        format!("Test the path: `nc -vz {} {port}`, `traceroute -T -p {port} {}`.", key.ip, key.ip),
-                    ],
-                ),
-                _ => {
-                    let top = g.reasons.keys().next().cloned().unwrap_or_default();
-                    (
-                        format!("{n}{by}{here} to {at} failed: {} is unreachable ({top}).", key.ip),
-                        vec![
-                            format!("Check the route to {} (`ip route get {}`) and ICMP errors from routers or firewalls.", key.ip, key.ip),
-                        ],
-                    )
-                }
-            };
-            (s, advice)
-        }
-        Kind::PortScan if key.class == Class::OutboundScan => {
-            ev.ports = g.ports.clone();
-            process = g.top_processes(1).into_iter().next();
-            let by = process.as_ref().map(|p| format!(" by {} (pid {})", p.name, p.pid)).unwrap_or_default();
-            let s = format!(
-                "This host probed {} ports of {}{by}{here} ({}): a port scan from here, not an outage of {}.",
-                g.distinct_ports,
-                key.ip,
-                plural(g.count, "failed connect", "failed connects"),
-                key.ip
-            );
-            (s, vec!["If this scan is not yours, find the process (`ss -tnp`) and what started it.".to_owned()])
-        }
-        Kind::PortScan => {
-            ev.ports = g.ports.clone();
-            let s = format!(
-                "{} probed {} ports{here} ({}): a port scan, not a service problem.",
-                key.ip,
-                g.distinct_ports,
-                plural(g.count, "failed attempt", "failed attempts")
-            );
-            (s, vec![format!("If scans from {} are unwanted, block it in the firewall.", key.ip)])
-        }
+    let told = match cx.kind {
+        Kind::NoListener => no_listener(&s, &mut ev),
+        Kind::ListenerAddressMismatch => listener_address_mismatch(&s, &mut ev),
+        Kind::AcceptQueueFull => accept_queue_full(&s, &mut ev),
+        Kind::SynFlood => syn_flood(&s, &mut ev),
+        Kind::FirewallDrop => firewall(&s, &mut ev, ("drops", "dropped")),
+        Kind::FirewallReject => firewall(&s, &mut ev, ("rejects", "rejected")),
+        Kind::ServerReset => server_reset(&s, &mut ev),
+        Kind::HandshakeIncomplete => handshake_incomplete(&s, &mut ev),
+        Kind::OutboundRefused | Kind::OutboundTimeout | Kind::OutboundUnreachable => outbound(&s, &mut ev, cx.kind),
+        Kind::PortScan if key.class == Class::OutboundScan => outbound_port_scan(&s, &mut ev),
+        Kind::PortScan => port_scan(&s, &mut ev),
     };
     let id = id(cx.kind, key);
     let outbound = cx.kind.outbound() || key.class == Class::OutboundScan;
@@ -400,8 +122,8 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
             kind: cx.kind,
             id,
             status: cx.status,
-            summary,
-            advice,
+            summary: told.summary,
+            advice: told.advice,
             evidence: ev,
             // To the millisecond: an episode's start is its identity in the
             // history, and a daemon restarted within a second must not
@@ -418,8 +140,355 @@ pub fn record(key: &Key, g: &Group, cx: Context<'_>) -> DiagnosisRecord {
         },
         network: Network { transport: "tcp".to_owned(), kind: g.network_type.clone() },
         observer: Where { netns: key.netns, direction: if outbound { "outbound" } else { "inbound" }.to_owned() },
-        process,
+        process: told.process,
     }
+}
+
+/// What every kind's sentence is made of, worked out once per record.
+struct Scene<'a> {
+    key: &'a Key,
+    g: &'a Group,
+    facts: &'a Facts,
+    /// ` in netns N`, for a namespace other than the daemon's; else empty.
+    here: String,
+    /// The endpoint, `address:port`.
+    at: String,
+    /// `N attempts from M clients`.
+    tries: String,
+    /// `M clients`, `M+ clients` once the group stopped counting them.
+    clients: String,
+}
+
+impl Scene<'_> {
+    /// The listener that takes these connections, else any on the port.
+    fn listener_of_port(&self) -> Option<&OwnedListener> {
+        self.facts.serving(self.key.ip).or(self.facts.on_port.first())
+    }
+}
+
+/// The parts of a record that each kind words in its own way; the kind's
+/// function also fills in the evidence it is about.
+struct Told {
+    summary: String,
+    advice: Vec<String>,
+    /// The listener's process (inbound) or the connecting one (outbound).
+    process: Option<Process>,
+}
+
+fn owner_of(l: &OwnedListener) -> Option<Process> {
+    l.owner.as_ref().map(|o| Process { pid: o.pid, name: o.name.clone() })
+}
+
+fn listener_evidence(l: &OwnedListener) -> ListenerEvidence {
+    ListenerEvidence::new(&l.listener, l.owner.as_ref(), None)
+}
+
+fn no_listener(s: &Scene<'_>, ev: &mut Evidence) -> Told {
+    let (port, here, tries, at) = (s.key.port, &s.here, &s.tries, &s.at);
+    let mut summary = format!("Nothing listens on port {port}{here}: {tries} to {at} were refused");
+    let mut advice = vec![format!(
+        "Start the service that should listen on port {port}, or point clients at the port it really uses (`ss -ltnp 'sport = :{port}'`)."
+    )];
+    let mut process = None;
+    if let Some(prev) = &s.facts.recent {
+        let gone = prev.gone.unwrap_or(prev.last_present);
+        let _ = write!(
+            summary,
+            "; {} listened on {} until {} and is gone",
+            who(&prev.listener),
+            endpoint(prev.listener.listener.address, port),
+            time(prev.last_present)
+        );
+        if let Some(o) = &prev.listener.owner {
+            advice.insert(
+                0,
+                format!(
+                    "Find out why {} stopped (its logs, `journalctl`, the OOM killer in `dmesg`) and restart it.",
+                    o.name
+                ),
+            );
+        }
+        process = owner_of(&prev.listener);
+        ev.previous_listener = Some(PreviousListener {
+            listener: listener_evidence(&prev.listener),
+            last_seen: time(prev.last_present),
+            gone_by: time(gone),
+        });
+    }
+    if let Some(l) = s.facts.serving(s.key.ip) {
+        let _ = write!(summary, "; {} listens there again now", who(l));
+        process = owner_of(l).or(process);
+        advice.push("The service is back; if the failures stop, nothing else is needed.".to_owned());
+        ev.listener = Some(listener_evidence(l));
+    }
+    summary.push('.');
+    Told { summary, advice, process }
+}
+
+fn listener_address_mismatch(s: &Scene<'_>, ev: &mut Evidence) -> Told {
+    let (key, port, here, tries, at) = (s.key, s.key.port, &s.here, &s.tries, &s.at);
+    let facts = s.facts;
+    ev.other_listeners = facts
+        .on_port
+        .iter()
+        .map(listener_evidence)
+        .chain(facts.elsewhere.iter().map(|(ns, l)| ListenerEvidence::new(&l.listener, l.owner.as_ref(), Some(*ns))))
+        .collect();
+    if let Some(l) = facts.on_port.first() {
+        let bound = endpoint(l.listener.address, port);
+        let why = match (l.listener.address, key.ip) {
+            (IpAddr::V4(_), IpAddr::V6(_)) => "IPv4 only, while these clients use IPv6".to_owned(),
+            (IpAddr::V6(a), IpAddr::V4(_)) if a.is_unspecified() => {
+                "IPv6 only (IPV6_V6ONLY), while these clients use IPv4".to_owned()
+            }
+            (IpAddr::V6(_), IpAddr::V4(_)) => "IPv6 only, while these clients use IPv4".to_owned(),
+            _ => format!("only on {}, while clients connect to {}", l.listener.address, key.ip),
+        };
+        Told {
+            summary: format!("Port {port}{here} is served by {} on {bound}, {why}: {tries} to {at} were refused.", who(l)),
+            advice: vec![
+                format!(
+                    "Bind {} to the address clients use ({}), or to the wildcard (0.0.0.0 or [::] with IPV6_V6ONLY off).",
+                    l.owner.as_ref().map_or("the service", |o| o.name.as_str()),
+                    key.ip
+                ),
+                format!("Or point clients at {bound}."),
+            ],
+            process: owner_of(l),
+        }
+    } else if let Some((ns, l)) = facts.elsewhere.first() {
+        Told {
+            summary: format!(
+                "Port {port} is served by {} in another network namespace ({ns}), not{}: {tries} to {at} were refused.",
+                who(l),
+                if here.is_empty() { " in this one" } else { here }
+            ),
+            advice: vec![format!(
+                "Publish the port from namespace {ns} (a port mapping or DNAT rule), or run the service in the namespace clients reach."
+            )],
+            process: owner_of(l),
+        }
+    } else {
+        Told { summary: format!("Port {port}{here}: {tries} refused."), advice: vec![], process: None }
+    }
+}
+
+fn accept_queue_full(s: &Scene<'_>, ev: &mut Evidence) -> Told {
+    let (g, port, here) = (s.g, s.key.port, &s.here);
+    let somaxconn = s.facts.sysctls.get("net.core.somaxconn").copied();
+    let l = s.listener_of_port();
+    let process = l.and_then(owner_of);
+    let name = l.map_or_else(|| "the listener".to_owned(), who);
+    let backlog = g.queue.map(|q| q.backlog).or(l.map(|l| l.listener.backlog));
+    let queued = g.queue.map(|q| q.max_queue_len).or(l.map(|l| l.listener.queue));
+    let mut summary =
+        format!("{name} on port {port}{here} does not accept connections fast enough: its accept queue is full");
+    if let (Some(b), Some(q)) = (backlog, queued) {
+        let _ = write!(summary, " (backlog {b}, {q} queued)");
+    }
+    let _ = write!(summary, ", {} dropped", plural(g.count, "connection attempt", "connection attempts"));
+    summary.push('.');
+    let app = process.as_ref().map_or("the service", |p| p.name.as_str());
+    let mut advice = vec![format!(
+        "Make {app} call accept() faster: more worker processes or threads, or find what blocks its accept loop."
+    )];
+    match (backlog, somaxconn) {
+        (Some(b), Some(max)) if (b as i64) < max => advice
+            .push(format!("Raise {app}'s listen backlog (now {b}) up to net.core.somaxconn ({max}) to absorb bursts.")),
+        (Some(b), Some(max)) => advice.push(format!(
+            "The backlog ({b}) is already at net.core.somaxconn ({max}): raise both (`sysctl -w net.core.somaxconn=...`) and the listen() backlog."
+        )),
+        _ => {}
+    }
+    ev.listener = l.map(listener_evidence);
+    ev.sysctls = pick(s.facts, &["net.core.somaxconn"]);
+    Told { summary, advice, process }
+}
+
+fn syn_flood(s: &Scene<'_>, ev: &mut Evidence) -> Told {
+    let (g, port, here, clients) = (s.g, s.key.port, &s.here, &s.clients);
+    let cookies = s.facts.sysctls.get("net.ipv4.tcp_syncookies").copied();
+    let max_syn = s.facts.sysctls.get("net.ipv4.tcp_max_syn_backlog").copied();
+    let l = s.listener_of_port();
+    let name = l.map_or_else(|| "the listener".to_owned(), who);
+    let effect = match cookies {
+        Some(0) => "SYN cookies are off, so new SYNs are dropped",
+        Some(2) => "SYN cookies are always on",
+        Some(_) => "the kernel answers with SYN cookies (clients connect, with reduced TCP options)",
+        None => "SYN cookies unknown",
+    };
+    let summary = format!(
+        "The SYN queue of {name} on port {port}{here} overflowed {}: {} half-open connections from {clients}; {effect}.",
+        plural(g.count, "time", "times"),
+        g.queue.map_or("many".to_owned(), |q| q.max_queue_len.to_string()),
+    );
+    let mut advice = Vec::new();
+    if cookies == Some(0) {
+        advice.push("Turn SYN cookies on: `sysctl -w net.ipv4.tcp_syncookies=1`.".to_owned());
+    }
+    if let Some(m) = max_syn {
+        advice.push(format!(
+            "Raise the SYN backlog (net.ipv4.tcp_max_syn_backlog = {m}, and the listen() backlog, which also caps it)."
+        ));
+    }
+    advice.push(
+        "If few sources send most SYNs (see sample_clients), rate-limit them with nftables (`limit rate` / meters)."
+            .to_owned(),
+    );
+    ev.listener = l.map(listener_evidence);
+    ev.sysctls = pick(s.facts, &["net.ipv4.tcp_syncookies", "net.ipv4.tcp_max_syn_backlog", "net.core.somaxconn"]);
+    Told { summary, advice, process: l.and_then(owner_of) }
+}
+
+/// `firewall_drop` and `firewall_reject`, told apart by the verb and the
+/// participle (`drops`, `dropped`).
+fn firewall(s: &Scene<'_>, ev: &mut Evidence, (verb, noun): (&str, &str)) -> Told {
+    let (port, here, tries) = (s.key.port, &s.here, &s.tries);
+    let l = s.listener_of_port();
+    let target = l.map(|l| format!(" to {}", who(l))).unwrap_or_default();
+    let summary = match &s.facts.firewall {
+        Some(r) if r.handle.is_some() => format!(
+            "nftables {verb} SYNs to port {port}{here}{target}: rule `{}` in table {} {} chain {} (handle {}); {} {noun}.",
+            r.rule,
+            r.family,
+            r.table,
+            r.chain,
+            r.handle.unwrap_or_default(),
+            tries
+        ),
+        Some(r) => format!(
+            "nftables {verb} SYNs to port {port}{here}{target}: the policy of chain {} {} {} drops them; {tries} {noun}.",
+            r.family, r.table, r.chain
+        ),
+        None => format!(
+            "The firewall {verb} SYNs to port {port}{here}{target} (no matching nftables rule found: iptables-legacy?); {tries} {noun}."
+        ),
+    };
+    let mut advice = vec![];
+    if let Some(r) = &s.facts.firewall {
+        advice.push(format!(
+            "If these clients should reach port {port}, allow them before that rule: `nft insert rule {} {} {} tcp dport {port} accept` (narrow it to their addresses).",
+            r.family, r.table, r.chain
+        ));
+    }
+    advice.push("If the block is intended, nothing is broken: tell the clients' owners.".to_owned());
+    ev.listener = l.map(listener_evidence);
+    ev.firewall_rule = s.facts.firewall.clone();
+    Told { summary, advice, process: l.and_then(owner_of) }
+}
+
+fn server_reset(s: &Scene<'_>, ev: &mut Evidence) -> Told {
+    let (g, port, here, clients) = (s.g, s.key.port, &s.here, &s.clients);
+    let l = s.listener_of_port();
+    let process = l.and_then(owner_of);
+    let name = l.map_or_else(|| "The server".to_owned(), who);
+    let top = g.reasons.iter().max_by_key(|(_, n)| **n).map(|(r, _)| r.as_str()).unwrap_or("unknown");
+    let summary = format!(
+        "{name} on port {port}{here} resets open connections: {} sent to {clients} (kernel reason {top}).",
+        plural(g.count, "RST", "RSTs")
+    );
+    let mut advice = vec![format!(
+        "Check {}'s logs for aborted requests and crashes around {}.",
+        process.as_ref().map_or("the service", |p| p.name.as_str()),
+        time(g.last_seen)
+    )];
+    advice.push(match top {
+        "TCP_ABORT_ON_CLOSE" | "NOT_SPECIFIED" => {
+            "The application closes sockets with unread data: it reads the request only partly, or closes on error."
+                .to_owned()
+        }
+        "TCP_STATE" => {
+            "Sockets are closed with SO_LINGER 0 (an abortive close) or get segments after close.".to_owned()
+        }
+        other => format!("The kernel's RST reason is {other}: see its meaning in include/net/rstreason.h."),
+    });
+    ev.listener = l.map(listener_evidence);
+    Told { summary, advice, process }
+}
+
+fn handshake_incomplete(s: &Scene<'_>, ev: &mut Evidence) -> Told {
+    let (g, port, here) = (s.g, s.key.port, &s.here);
+    let l = s.listener_of_port();
+    let list: Vec<String> = g.top_clients(5).iter().map(IpAddr::to_string).collect();
+    let summary = format!(
+        "Clients {} do not complete the TCP handshake with port {port}{here}: the SYN-ACK was retransmitted {} and the final ACK never arrived.",
+        list.join(", "),
+        plural(g.count, "time", "times")
+    );
+    let advice = vec![
+        "Check the return path to these clients: asymmetric routing, rp_filter, or a NAT/load balancer that does not see the SYN-ACK.".to_owned(),
+        "Check firewalls on the clients' side or in between that drop inbound SYN-ACKs.".to_owned(),
+    ];
+    ev.listener = l.map(listener_evidence);
+    ev.sysctls = pick(s.facts, &["net.ipv4.tcp_synack_retries"]);
+    Told { summary, advice, process: l.and_then(owner_of) }
+}
+
+/// `outbound_refused`, `outbound_timeout` and `outbound_unreachable`: this
+/// host's connections, named by the process that made them.
+fn outbound(s: &Scene<'_>, ev: &mut Evidence, kind: Kind) -> Told {
+    let (g, key, port, here, at) = (s.g, s.key, s.key.port, &s.here, &s.at);
+    ev.processes = g.top_processes(5);
+    let process = ev.processes.first().cloned();
+    let by = process.as_ref().map(|p| format!(" by {} (pid {})", p.name, p.pid)).unwrap_or_default();
+    let n = plural(g.count, "outbound connection", "outbound connections");
+    let (summary, advice) = match kind {
+        Kind::OutboundRefused => (
+            format!("{n}{by}{here} to {at} were refused: nothing listens there, or a firewall rejects them."),
+            vec![format!(
+                "Check that the service at {at} runs and listens on that address; check the configured address and port."
+            )],
+        ),
+        Kind::OutboundTimeout => (
+            format!("{n}{by}{here} to {at} timed out: no answer to the SYNs."),
+            vec![
+                format!("A firewall (here, in between, or at {}) drops the SYNs, or the host is down.", key.ip),
+                format!("Test the path: `nc -vz {} {port}`, `traceroute -T -p {port} {}`.", key.ip, key.ip),
+            ],
+        ),
+        _ => {
+            let top = g.reasons.keys().next().cloned().unwrap_or_default();
+            (
+                format!("{n}{by}{here} to {at} failed: {} is unreachable ({top}).", key.ip),
+                vec![format!(
+                    "Check the route to {} (`ip route get {}`) and ICMP errors from routers or firewalls.",
+                    key.ip, key.ip
+                )],
+            )
+        }
+    };
+    Told { summary, advice, process }
+}
+
+/// This host probing many ports of one destination (`port_scan`, outbound).
+fn outbound_port_scan(s: &Scene<'_>, ev: &mut Evidence) -> Told {
+    let (g, key, here) = (s.g, s.key, &s.here);
+    ev.ports = g.ports.clone();
+    let process = g.top_processes(1).into_iter().next();
+    let by = process.as_ref().map(|p| format!(" by {} (pid {})", p.name, p.pid)).unwrap_or_default();
+    let summary = format!(
+        "This host probed {} ports of {}{by}{here} ({}): a port scan from here, not an outage of {}.",
+        g.distinct_ports,
+        key.ip,
+        plural(g.count, "failed connect", "failed connects"),
+        key.ip
+    );
+    let advice = vec!["If this scan is not yours, find the process (`ss -tnp`) and what started it.".to_owned()];
+    Told { summary, advice, process }
+}
+
+/// One source probing many ports of this host (`port_scan`, inbound).
+fn port_scan(s: &Scene<'_>, ev: &mut Evidence) -> Told {
+    let (g, key, here) = (s.g, s.key, &s.here);
+    ev.ports = g.ports.clone();
+    let summary = format!(
+        "{} probed {} ports{here} ({}): a port scan, not a service problem.",
+        key.ip,
+        g.distinct_ports,
+        plural(g.count, "failed attempt", "failed attempts")
+    );
+    let advice = vec![format!("If scans from {} are unwanted, block it in the firewall.", key.ip)];
+    Told { summary, advice, process: None }
 }
 
 fn unspecified(like: IpAddr) -> IpAddr {
@@ -474,6 +543,15 @@ mod tests {
                 direction: if outbound { "outbound" } else { "inbound" }.into(),
             },
             process: None,
+        }
+    }
+
+    /// A queue overflow at 10.0.0.1:`port`, with the queue the kernel reported.
+    fn overflow(action: Action, port: u16, queue: ListenerQueue) -> impl Fn(&str) -> FailureEvent {
+        move |client| {
+            let mut e = ev(action, client, "10.0.0.1", port);
+            e.observer.listener = Some(queue.clone());
+            e
         }
     }
 
@@ -587,12 +665,7 @@ mod tests {
     #[test]
     fn accept_queue_full() {
         let k = key(Class::AcceptQueue, "10.0.0.1", 80);
-        let queued = |c: &str| {
-            let mut e = ev(Action::ListenOverflow, c, "10.0.0.1", 80);
-            e.observer.listener = Some(ListenerQueue { backlog: 128, queue_len: 129 });
-            e
-        };
-        let g = failures(6, 3, queued);
+        let g = failures(6, 3, overflow(Action::ListenOverflow, 80, ListenerQueue { backlog: 128, queue_len: 129 }));
         let facts = |somaxconn: i64| Facts {
             on_port: vec![listener("0.0.0.0", 80, Some((10, "nginx")))],
             sysctls: sysctls(&[("net.core.somaxconn", somaxconn), ("net.ipv4.tcp_syncookies", 1)]),
@@ -617,12 +690,7 @@ mod tests {
     #[test]
     fn syn_flood() {
         let k = key(Class::SynQueue, "10.0.0.1", 443);
-        let queued = |c: &str| {
-            let mut e = ev(Action::SynQueueOverflow, c, "10.0.0.1", 443);
-            e.observer.listener = Some(ListenerQueue { backlog: 512, queue_len: 512 });
-            e
-        };
-        let g = failures(8, 4, queued);
+        let g = failures(8, 4, overflow(Action::SynQueueOverflow, 443, ListenerQueue { backlog: 512, queue_len: 512 }));
         let facts = |cookies: i64| Facts {
             on_port: vec![listener("::", 443, Some((20, "haproxy")))],
             sysctls: sysctls(&[
