@@ -32,10 +32,12 @@ use crate::{
     diagnose::{record::DiagnosisRecord, Batch, Diagnoser},
     enrich::{worker, Enricher, Facts, Query},
     event::FailureEvent,
-    health, history,
-    hooks::{self, HookState},
-    instance,
-    kernel::{layout::KernelLayout, tracefs::Tracefs},
+    health, history, hooks, instance,
+    kernel::{
+        hook::{parse_disabled, program_names, HookState},
+        layout::KernelLayout,
+        tracefs::Tracefs,
+    },
     privilege,
     sink::{
         ndjson::{NdjsonSink, Policy},
@@ -54,7 +56,7 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (_lock, store) = claim_state_dir(&config)?;
-    let others = instance::others_attached(&hooks::program_names());
+    let others = instance::others_attached(&program_names());
     if !others.is_empty() {
         let list = others.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         if !shared {
@@ -72,10 +74,11 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
         Ok(false) => {}
         Err(e) => warn!("{e}; tracepoint hooks will be unavailable"),
     }
-    let layout =
-        KernelLayout::discover(&tracefs, &config.kernel.btf, &config.kernel.kallsyms, config.capture.samples_per_sec);
-    hooks::parse_disabled(&config.capture.disable_hooks).map_err(anyhow::Error::msg)?;
-    let (mut ebpf, statuses) = hooks::load_configured(&config, &layout).map_err(|e| explain_load_error(e, &config))?;
+    let layout = KernelLayout::discover(&tracefs, &config.kernel.btf, &config.kernel.kallsyms);
+    let disabled = parse_disabled(&config.capture.disable_hooks).map_err(anyhow::Error::msg)?;
+    let (mut ebpf, statuses) =
+        hooks::load(&layout, &config.kernel.btf, &hooks::Settings::new(&config.capture, &disabled))
+            .map_err(|e| explain_load_error(e, &config))?;
     for s in &statuses {
         match &s.state {
             HookState::Attached => info!("hook {} attached", s.hook),

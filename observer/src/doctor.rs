@@ -7,8 +7,13 @@ use serde::Serialize;
 
 use crate::{
     config::Config,
-    hooks::{self, HookState, HookStatus},
-    kernel::{layout::KernelLayout, sources::Source, tracefs::Tracefs},
+    hooks,
+    kernel::{
+        hook::{parse_disabled, Hook, HookState, HookStatus, HOOKS},
+        layout::KernelLayout,
+        sources::Source,
+        tracefs::Tracefs,
+    },
     privilege,
 };
 
@@ -65,14 +70,16 @@ pub fn report(config: &Config) -> Report {
         Ok(false) => format!("{}: no events directory", tracefs.root().display()),
         Err(e) => e.to_string(),
     };
-    let layout =
-        KernelLayout::discover(&tracefs, &config.kernel.btf, &config.kernel.kallsyms, config.capture.samples_per_sec);
+    let layout = KernelLayout::discover(&tracefs, &config.kernel.btf, &config.kernel.kallsyms);
     let privileges = match privilege::check() {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.to_string(),
     };
     let hooks = if privileges == "ok" {
-        match hooks::load_configured(config, &layout) {
+        // A name the daemon would refuse is reported by `observer run`;
+        // here the valid ones are taken.
+        let disabled = parse_disabled(&config.capture.disable_hooks).unwrap_or_default();
+        match hooks::load(&layout, &config.kernel.btf, &hooks::Settings::new(&config.capture, &disabled)) {
             Ok((_ebpf, statuses)) => statuses,
             Err(e) => all_unavailable(&format!("eBPF object did not load: {}", hooks::error_chain(&e))),
         }
@@ -109,12 +116,12 @@ pub fn report(config: &Config) -> Report {
 }
 
 fn all_unavailable(why: &str) -> Vec<HookStatus> {
-    hooks::HOOKS.iter().map(|s| HookStatus { hook: s.hook, state: HookState::Unavailable(why.to_owned()) }).collect()
+    HOOKS.iter().map(|s| HookStatus { hook: s.hook, state: HookState::Unavailable(why.to_owned()) }).collect()
 }
 
 /// The attached fallback hook that stands in for `hook`, if any.
-fn stand_in(hook: hooks::Hook, statuses: &[HookStatus]) -> Option<hooks::Hook> {
-    hooks::HOOKS
+fn stand_in(hook: Hook, statuses: &[HookStatus]) -> Option<Hook> {
+    HOOKS
         .iter()
         .filter(|spec| spec.fallback_for.contains(&hook))
         .find(|spec| statuses.iter().any(|s| s.hook == spec.hook && s.attached()))

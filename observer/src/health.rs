@@ -12,41 +12,17 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Mutex,
     time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::stats::Output;
 use crate::stats::Stats;
 
 pub const FILE: &str = "status.json";
 /// How often the file is rewritten while the daemon runs.
 pub const EVERY: Duration = Duration::from_secs(2);
-
-/// Where a loss happened, with its last error text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Output {
-    JsonLog,
-    History,
-}
-
-/// The last error of each output, kept beside the counters.
-#[derive(Debug, Default)]
-pub struct LastErrors(Mutex<BTreeMap<Output, String>>);
-
-impl LastErrors {
-    pub fn set(&self, output: Output, error: &dyn std::fmt::Display) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(output, format!("{error} (at {})", humantime::format_rfc3339_seconds(SystemTime::now())));
-        }
-    }
-
-    fn snapshot(&self) -> BTreeMap<Output, String> {
-        self.0.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-}
 
 /// What the file holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,6 +49,12 @@ pub fn losses(status: &Status) -> Vec<String> {
     }
     if n("history_errors") > 0 {
         lines.push(format!("{} history commits failed and were retried{}", n("history_errors"), last(Output::History)));
+    }
+    if n("diagnosis_dropped") > 0 {
+        lines.push(format!(
+            "{} events are in the log but not in the diagnoses' counts (the diagnose stage fell behind)",
+            n("diagnosis_dropped")
+        ));
     }
     if n("history_dropped") > 0 {
         lines.push(format!(

@@ -1,6 +1,15 @@
 //! The daemon's own health counters, shared by the stages.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+    time::SystemTime,
+};
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -51,7 +60,7 @@ pub struct Stats {
     /// Failed reads of the kernel's counter or loss maps.
     pub counter_poll_errors: AtomicU64,
     /// The last error of the log and the history (`observer doctor`).
-    pub last_errors: crate::health::LastErrors,
+    pub last_errors: LastErrors,
 }
 
 impl Stats {
@@ -87,5 +96,29 @@ impl Stats {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), Stats::get(v)))
         .collect()
+    }
+}
+
+/// Where a loss happened, with its last error text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    JsonLog,
+    History,
+}
+
+/// The last error of each output, kept beside the counters.
+#[derive(Debug, Default)]
+pub struct LastErrors(Mutex<BTreeMap<Output, String>>);
+
+impl LastErrors {
+    pub fn set(&self, output: Output, error: &dyn std::fmt::Display) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(output, format!("{error} (at {})", humantime::format_rfc3339_seconds(SystemTime::now())));
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<Output, String> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
     }
 }

@@ -1,10 +1,11 @@
-//! Developer and CI tasks: `cargo xtask setup | test | vm | run | lab | bench | install`.
+//! Developer and CI tasks: `cargo xtask setup | test | vm | run | lab | bench | install | modules`.
 //!
 //! Everything a fresh machine needs is installed from here, idempotently, so
 //! that the README's two commands work on a machine nobody touched by hand.
 
 mod install;
 mod kernels;
+mod modules;
 mod setup;
 mod suite;
 mod vm;
@@ -59,6 +60,9 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// The observer crate's module graph: which module names which, its
+    /// cycles and the edges back up the data flow (fails on either).
+    Modules,
     /// Build a release and install it as a systemd service: binary, group,
     /// config (kept if present) and the hardened unit (dist/observer.service).
     Install {
@@ -142,6 +146,7 @@ fn run(task: Task) -> anyhow::Result<ExitCode> {
             )?
         }
         Task::Install { root } => install::run(&root)?,
+        Task::Modules => modules::run(&workspace().join("observer/src"))?,
     }
     Ok(ExitCode::SUCCESS)
 }

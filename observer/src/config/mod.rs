@@ -7,7 +7,7 @@
 //! nothing from them: it says which values a file may hold, not what a
 //! stage does with them. So a stage's table stays out of it too:
 //! `capture.disable_hooks` is kept as the names written, and the hooks
-//! module turns them into hooks (`hooks::parse_disabled`).
+//! module turns them into hooks (`kernel::hook::parse_disabled`).
 
 mod sinks;
 mod template;
@@ -450,7 +450,7 @@ mod tests {
     fn invalid_values_are_refused() {
         assert!(matches!(parse("[capture]\nring_buffer_bytes = 5000\n"), Err(ConfigError::Invalid { .. })));
         assert!(matches!(parse("[capture]\nsamples_per_sec = 0\n"), Err(ConfigError::Invalid { .. })));
-        // Hook names are the hooks module's to check (hooks::parse_disabled).
+        // Hook names are the hooks module's to check (kernel::hook::parse_disabled).
         assert!(parse("[capture]\ndisable_hooks = [\"nope\"]\n").is_ok());
         let err = parse("[capture]\ncounter_entries = 4294967295\n").unwrap_err();
         assert!(

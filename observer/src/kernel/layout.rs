@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use observer_common::config::{KernelConfig, TupleLayout, UNSET};
 
+use super::hook::{Hook, HOOKS};
 use super::{
     btf::KernelBtf,
     kallsyms::Functions,
     sources,
     tracefs::{Format, Tracefs},
 };
-use crate::hooks::Hook;
 
 /// Kernel name tables used to turn numbers back into names.
 #[derive(Clone, Debug, Default)]
@@ -41,19 +41,161 @@ pub struct KernelLayout {
     pub coverage: Vec<sources::Coverage>,
 }
 
-/// What `kread::sock_tuple` reads: a socket's namespace, 4-tuple and state.
-const SOCK_TUPLE: &[&str] = &[
-    "sk_net",
-    "net_ns_inum",
-    "sk_family",
-    "sk_state",
-    "sk_num",
-    "sk_dport",
-    "sk_rcv_saddr",
-    "sk_daddr",
-    "sk_v6_rcv_saddr",
-    "sk_v6_daddr",
-];
+/// A kernel struct member the programs read, by the `StructOffsets` slot
+/// its BTF offset goes into. Each hook lists the members it needs on its
+/// `HookSpec`; one the kernel's BTF lacks makes only those hooks
+/// unavailable, with the reason. A type rather than a name: a hook that
+/// names a member that does not exist does not compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Member {
+    SkbSk,
+    SkbDev,
+    SkbHead,
+    SkbNetworkHeader,
+    DevNdNet,
+    NetNsInum,
+    SkNet,
+    SkErr,
+    SkAckBacklog,
+    SkMaxAckBacklog,
+    IcskSynQlen,
+    SkState,
+    SkErrSoft,
+    SkErrqLen,
+    SkErrqNext,
+    SkProtocol,
+    SkRcvSaddr,
+    SkV6RcvSaddr,
+    SkNum,
+    SkDport,
+    SkDaddr,
+    SkV6Daddr,
+    SkbProtocol,
+    InetSport,
+    SkFamily,
+}
+
+impl Member {
+    pub const ALL: [Member; 25] = [
+        Member::SkbSk,
+        Member::SkbDev,
+        Member::SkbHead,
+        Member::SkbNetworkHeader,
+        Member::DevNdNet,
+        Member::NetNsInum,
+        Member::SkNet,
+        Member::SkErr,
+        Member::SkAckBacklog,
+        Member::SkMaxAckBacklog,
+        Member::IcskSynQlen,
+        Member::SkState,
+        Member::SkErrSoft,
+        Member::SkErrqLen,
+        Member::SkErrqNext,
+        Member::SkProtocol,
+        Member::SkRcvSaddr,
+        Member::SkV6RcvSaddr,
+        Member::SkNum,
+        Member::SkDport,
+        Member::SkDaddr,
+        Member::SkV6Daddr,
+        Member::SkbProtocol,
+        Member::InetSport,
+        Member::SkFamily,
+    ];
+
+    /// Where the member is: the struct, and the path of members inside it.
+    fn place(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            Member::SkbSk => ("sk_buff", &["sk"]),
+            Member::SkbDev => ("sk_buff", &["dev"]),
+            Member::SkbHead => ("sk_buff", &["head"]),
+            Member::SkbNetworkHeader => ("sk_buff", &["network_header"]),
+            Member::DevNdNet => ("net_device", &["nd_net", "net"]),
+            Member::NetNsInum => ("net", &["ns", "inum"]),
+            Member::SkNet => ("sock", &["__sk_common", "skc_net", "net"]),
+            Member::SkErr => ("sock", &["sk_err"]),
+            Member::SkAckBacklog => ("sock", &["sk_ack_backlog"]),
+            Member::SkMaxAckBacklog => ("sock", &["sk_max_ack_backlog"]),
+            Member::IcskSynQlen => ("inet_connection_sock", &["icsk_accept_queue", "qlen"]),
+            Member::SkState => ("sock", &["__sk_common", "skc_state"]),
+            Member::SkErrSoft => ("sock", &["sk_err_soft"]),
+            Member::SkErrqLen => ("sock", &["sk_error_queue", "qlen"]),
+            Member::SkErrqNext => ("sock", &["sk_error_queue", "next"]),
+            Member::SkProtocol => ("sock", &["sk_protocol"]),
+            Member::SkRcvSaddr => ("sock", &["__sk_common", "skc_rcv_saddr"]),
+            Member::SkV6RcvSaddr => ("sock", &["__sk_common", "skc_v6_rcv_saddr"]),
+            Member::SkNum => ("sock", &["__sk_common", "skc_num"]),
+            Member::SkDport => ("sock", &["__sk_common", "skc_dport"]),
+            Member::SkDaddr => ("sock", &["__sk_common", "skc_daddr"]),
+            Member::SkV6Daddr => ("sock", &["__sk_common", "skc_v6_daddr"]),
+            Member::SkbProtocol => ("sk_buff", &["protocol"]),
+            Member::InetSport => ("inet_sock", &["inet_sport"]),
+            Member::SkFamily => ("sock", &["__sk_common", "skc_family"]),
+        }
+    }
+
+    /// Its slot in the programs' offsets.
+    fn slot(self, s: &mut observer_common::config::StructOffsets) -> &mut u16 {
+        match self {
+            Member::SkbSk => &mut s.skb_sk,
+            Member::SkbDev => &mut s.skb_dev,
+            Member::SkbHead => &mut s.skb_head,
+            Member::SkbNetworkHeader => &mut s.skb_network_header,
+            Member::DevNdNet => &mut s.dev_nd_net,
+            Member::NetNsInum => &mut s.net_ns_inum,
+            Member::SkNet => &mut s.sk_net,
+            Member::SkErr => &mut s.sk_err,
+            Member::SkAckBacklog => &mut s.sk_ack_backlog,
+            Member::SkMaxAckBacklog => &mut s.sk_max_ack_backlog,
+            Member::IcskSynQlen => &mut s.icsk_syn_qlen,
+            Member::SkState => &mut s.sk_state,
+            Member::SkErrSoft => &mut s.sk_err_soft,
+            Member::SkErrqLen => &mut s.sk_errq_len,
+            Member::SkErrqNext => &mut s.sk_errq_next,
+            Member::SkProtocol => &mut s.sk_protocol,
+            Member::SkRcvSaddr => &mut s.sk_rcv_saddr,
+            Member::SkV6RcvSaddr => &mut s.sk_v6_rcv_saddr,
+            Member::SkNum => &mut s.sk_num,
+            Member::SkDport => &mut s.sk_dport,
+            Member::SkDaddr => &mut s.sk_daddr,
+            Member::SkV6Daddr => &mut s.sk_v6_daddr,
+            Member::SkbProtocol => &mut s.skb_protocol,
+            Member::InetSport => &mut s.inet_sport,
+            Member::SkFamily => &mut s.sk_family,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Member::SkbSk => "skb_sk",
+            Member::SkbDev => "skb_dev",
+            Member::SkbHead => "skb_head",
+            Member::SkbNetworkHeader => "skb_network_header",
+            Member::DevNdNet => "dev_nd_net",
+            Member::NetNsInum => "net_ns_inum",
+            Member::SkNet => "sk_net",
+            Member::SkErr => "sk_err",
+            Member::SkAckBacklog => "sk_ack_backlog",
+            Member::SkMaxAckBacklog => "sk_max_ack_backlog",
+            Member::IcskSynQlen => "icsk_syn_qlen",
+            Member::SkState => "sk_state",
+            Member::SkErrSoft => "sk_err_soft",
+            Member::SkErrqLen => "sk_errq_len",
+            Member::SkErrqNext => "sk_errq_next",
+            Member::SkProtocol => "sk_protocol",
+            Member::SkRcvSaddr => "sk_rcv_saddr",
+            Member::SkV6RcvSaddr => "sk_v6_rcv_saddr",
+            Member::SkNum => "sk_num",
+            Member::SkDport => "sk_dport",
+            Member::SkDaddr => "sk_daddr",
+            Member::SkV6Daddr => "sk_v6_daddr",
+            Member::SkbProtocol => "skb_protocol",
+            Member::InetSport => "inet_sport",
+            Member::SkFamily => "sk_family",
+        }
+    }
+}
 
 /// A field offset, with its size checked, as a message for the hook table.
 fn off(f: &Format, name: &str, size: usize) -> Result<u16, String> {
@@ -97,72 +239,38 @@ fn with_format(
 }
 
 impl KernelLayout {
-    pub fn discover(
-        tracefs: &Tracefs,
-        btf_path: &std::path::Path,
-        kallsyms: &std::path::Path,
-        samples_per_sec: u32,
-    ) -> KernelLayout {
+    pub fn discover(tracefs: &Tracefs, btf_path: &std::path::Path, kallsyms: &std::path::Path) -> KernelLayout {
         let mut config = KernelConfig::UNSET;
-        config.samples_per_sec = samples_per_sec;
         let mut names = NameTables::default();
         let mut unavailable = BTreeMap::new();
         let mut send_reset_no_socket = false;
 
         // Struct offsets: each is optional; hooks list which they need.
-        let mut struct_errors: HashMap<&'static str, String> = HashMap::new();
+        let mut struct_errors: HashMap<Member, String> = HashMap::new();
         let btf = KernelBtf::load(btf_path);
         let btf_status = btf.as_ref().map(|_| ()).map_err(|e| e.to_string());
-        {
-            let s = &mut config.structs;
-            let fields: [(&'static str, &mut u16, &str, &[&str]); 25] = [
-                ("skb_sk", &mut s.skb_sk, "sk_buff", &["sk"]),
-                ("skb_dev", &mut s.skb_dev, "sk_buff", &["dev"]),
-                ("skb_head", &mut s.skb_head, "sk_buff", &["head"]),
-                ("skb_network_header", &mut s.skb_network_header, "sk_buff", &["network_header"]),
-                ("dev_nd_net", &mut s.dev_nd_net, "net_device", &["nd_net", "net"]),
-                ("net_ns_inum", &mut s.net_ns_inum, "net", &["ns", "inum"]),
-                ("sk_net", &mut s.sk_net, "sock", &["__sk_common", "skc_net", "net"]),
-                ("sk_err", &mut s.sk_err, "sock", &["sk_err"]),
-                ("sk_ack_backlog", &mut s.sk_ack_backlog, "sock", &["sk_ack_backlog"]),
-                ("sk_max_ack_backlog", &mut s.sk_max_ack_backlog, "sock", &["sk_max_ack_backlog"]),
-                ("icsk_syn_qlen", &mut s.icsk_syn_qlen, "inet_connection_sock", &["icsk_accept_queue", "qlen"]),
-                ("sk_state", &mut s.sk_state, "sock", &["__sk_common", "skc_state"]),
-                ("sk_err_soft", &mut s.sk_err_soft, "sock", &["sk_err_soft"]),
-                ("sk_errq_len", &mut s.sk_errq_len, "sock", &["sk_error_queue", "qlen"]),
-                ("sk_errq_next", &mut s.sk_errq_next, "sock", &["sk_error_queue", "next"]),
-                ("sk_protocol", &mut s.sk_protocol, "sock", &["sk_protocol"]),
-                ("sk_rcv_saddr", &mut s.sk_rcv_saddr, "sock", &["__sk_common", "skc_rcv_saddr"]),
-                ("sk_v6_rcv_saddr", &mut s.sk_v6_rcv_saddr, "sock", &["__sk_common", "skc_v6_rcv_saddr"]),
-                ("sk_num", &mut s.sk_num, "sock", &["__sk_common", "skc_num"]),
-                ("sk_dport", &mut s.sk_dport, "sock", &["__sk_common", "skc_dport"]),
-                ("sk_daddr", &mut s.sk_daddr, "sock", &["__sk_common", "skc_daddr"]),
-                ("sk_v6_daddr", &mut s.sk_v6_daddr, "sock", &["__sk_common", "skc_v6_daddr"]),
-                ("skb_protocol", &mut s.skb_protocol, "sk_buff", &["protocol"]),
-                ("inet_sport", &mut s.inet_sport, "inet_sock", &["inet_sport"]),
-                ("sk_family", &mut s.sk_family, "sock", &["__sk_common", "skc_family"]),
-            ];
-            for (name, slot, root, path) in fields {
-                match &btf {
-                    Ok(btf) => match btf.offset(root, path) {
-                        Ok(off) => *slot = off,
-                        Err(e) => {
-                            struct_errors.insert(name, e.to_string());
-                        }
-                    },
-                    Err(e) => {
-                        struct_errors.insert(name, e.to_string());
-                    }
+        for member in Member::ALL {
+            let (root, path) = member.place();
+            match btf.as_ref().map_err(|e| e.to_string()).and_then(|b| b.offset(root, path).map_err(|e| e.to_string()))
+            {
+                Ok(off) => *member.slot(&mut config.structs) = off,
+                Err(e) => {
+                    struct_errors.insert(member, e);
                 }
             }
         }
-        let need = |hook: Hook, structs: &[&str], unavailable: &mut BTreeMap<Hook, String>| {
+        let need = |hook: Hook, structs: &[Member], unavailable: &mut BTreeMap<Hook, String>| {
             for s in structs {
                 if let Some(e) = struct_errors.get(s) {
                     unavailable.entry(hook).or_insert_with(|| e.clone());
                 }
             }
         };
+        // What every hook needs whatever the tracepoints look like (the
+        // table's); a tracepoint's own reason, found below, replaces these.
+        for spec in HOOKS {
+            need(spec.hook, spec.needs, &mut unavailable);
+        }
 
         with_format(tracefs, ("tcp", "tcp_send_reset"), Hook::TcpSendReset, &mut unavailable, |f| {
             // Name tables first: the decoder uses them even if a field is off.
@@ -181,11 +289,10 @@ impl KernelLayout {
             }
             Ok(())
         });
-        need(Hook::TcpSendReset, SOCK_TUPLE, &mut unavailable);
         if send_reset_no_socket {
             need(
                 Hook::TcpSendReset,
-                &["skb_dev", "dev_nd_net", "skb_head", "skb_network_header", "skb_protocol"],
+                &[Member::SkbDev, Member::DevNdNet, Member::SkbHead, Member::SkbNetworkHeader, Member::SkbProtocol],
                 &mut unavailable,
             );
         }
@@ -193,16 +300,12 @@ impl KernelLayout {
         // Attached raw (the tuple is read from the socket): the format
         // only proves the tracepoint exists.
         with_format(tracefs, ("tcp", "tcp_receive_reset"), Hook::TcpReceiveReset, &mut unavailable, |_| Ok(()));
-        need(Hook::TcpReceiveReset, SOCK_TUPLE, &mut unavailable);
         with_format(tracefs, ("tcp", "tcp_retransmit_synack"), Hook::TcpRetransmitSynack, &mut unavailable, |f| {
             config.retransmit_synack = tuple(f)?;
             Ok(())
         });
-        for hook in [Hook::TcpReceiveReset, Hook::TcpRetransmitSynack] {
-            need(hook, &["sk_net", "net_ns_inum", "sk_state"], &mut unavailable);
-        }
         if config.retransmit_synack.family == UNSET {
-            need(Hook::TcpRetransmitSynack, &["sk_family"], &mut unavailable);
+            need(Hook::TcpRetransmitSynack, &[Member::SkFamily], &mut unavailable);
         }
 
         with_format(tracefs, ("sock", "inet_sock_set_state"), Hook::InetSockSetState, &mut unavailable, |f| {
@@ -220,8 +323,6 @@ impl KernelLayout {
                 _ => Err("no TCP state table in inet_sock_set_state's print fmt".into()),
             }
         });
-        need(Hook::InetSockSetState, SOCK_TUPLE, &mut unavailable);
-        need(Hook::InetSockSetState, &["sk_err", "sk_protocol"], &mut unavailable);
         // The queued ICMP error's `struct sock_extended_err` sits in the
         // skb's control block, at `sock_exterr_skb.ee`. Optional: without
         // it (and the other soft-error offsets) only connects the
@@ -233,12 +334,6 @@ impl KernelLayout {
             },
             Err(_) => observer_common::config::UNSET,
         };
-
-        need(
-            Hook::TcpConnect,
-            &["sk_family", "sk_net", "net_ns_inum", "sk_state", "sk_rcv_saddr", "sk_v6_rcv_saddr", "sk_num"],
-            &mut unavailable,
-        );
 
         let mut drop_reasons = false;
         with_format(tracefs, ("skb", "kfree_skb"), Hook::KfreeSkb, &mut unavailable, |f| {
@@ -260,51 +355,12 @@ impl KernelLayout {
             }
             Ok(())
         });
-        need(
-            Hook::KfreeSkb,
-            &[
-                "skb_dev",
-                "dev_nd_net",
-                "net_ns_inum",
-                "skb_head",
-                "skb_network_header",
-                "skb_sk",
-                "sk_net",
-                "skb_protocol",
-            ],
-            &mut unavailable,
-        );
-
         if unavailable.contains_key(&Hook::KfreeSkb) {
             // The answer markers are only read by kfree_skb.
             for hook in [Hook::Answers, Hook::NetDevQueue] {
                 unavailable.entry(hook).or_insert_with(|| "needs the kfree_skb hook, which is unavailable".into());
             }
         }
-        need(Hook::NetDevQueue, &["skb_head", "skb_network_header", "skb_sk", "sk_protocol"], &mut unavailable);
-        need(
-            Hook::ListenerIngress,
-            &["sk_ack_backlog", "sk_max_ack_backlog", "icsk_syn_qlen", "sk_net", "net_ns_inum"],
-            &mut unavailable,
-        );
-
-        for hook in [Hook::TcpConnRequest, Hook::SynRecvSock] {
-            need(
-                hook,
-                &[
-                    "sk_ack_backlog",
-                    "sk_max_ack_backlog",
-                    "icsk_syn_qlen",
-                    "sk_net",
-                    "net_ns_inum",
-                    "skb_protocol",
-                    "skb_head",
-                    "skb_network_header",
-                ],
-                &mut unavailable,
-            );
-        }
-
         let functions = if drop_reasons || unavailable.contains_key(&Hook::KfreeSkb) {
             None
         } else {

@@ -16,8 +16,8 @@ use observer_common::{
 };
 use serde::Serialize;
 
+use super::hook::{Hook, HookState, HookStatus, HOOKS};
 use super::kallsyms::{Functions, KallsymsError};
-use crate::hooks::Hook;
 
 /// One way of seeing one failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -219,7 +219,7 @@ pub fn choose(config: &mut KernelConfig, offer: &Offer<'_>) -> Choice {
 impl Coverage {
     /// Why this failure is not seen with these hook states, or None when
     /// its source runs.
-    pub fn lost_because(&self, statuses: &[crate::hooks::HookStatus]) -> Option<String> {
+    pub fn lost_because(&self, statuses: &[HookStatus]) -> Option<String> {
         let source = match &self.source {
             Ok(s) => *s,
             Err(why) => return Some(why.clone()),
@@ -227,17 +227,17 @@ impl Coverage {
         source.hooks().iter().find_map(|hook| {
             let status = statuses.iter().find(|s| s.hook == *hook)?;
             // A fallback that stands in for the hook sees what it would.
-            let fallback = crate::hooks::HOOKS.iter().find(|spec| spec.fallback_for.contains(hook));
+            let fallback = HOOKS.iter().find(|spec| spec.fallback_for.contains(hook));
             if let Some(f) = fallback {
                 if statuses.iter().any(|s| s.hook == f.hook && s.attached()) {
                     return None;
                 }
             }
             match &status.state {
-                crate::hooks::HookState::Attached => None,
-                crate::hooks::HookState::Disabled => Some(format!("hook {hook} is disabled")),
-                crate::hooks::HookState::NotNeeded(_) => None,
-                crate::hooks::HookState::Unavailable(why) => Some(format!("hook {hook} is unavailable: {why}")),
+                HookState::Attached => None,
+                HookState::Disabled => Some(format!("hook {hook} is disabled")),
+                HookState::NotNeeded(_) => None,
+                HookState::Unavailable(why) => Some(format!("hook {hook} is unavailable: {why}")),
             }
         })
     }

@@ -35,7 +35,7 @@ use super::{outputs::OutputStats, Record};
 use crate::{
     config::MetricsConfig,
     diagnose::record::{Kind, Status},
-    hooks::HookStatus,
+    kernel::hook::HookStatus,
     stats::Stats,
 };
 

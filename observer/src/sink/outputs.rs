@@ -21,7 +21,7 @@ use super::{
     webhook::WebhookSink,
     Record,
 };
-use crate::{config::Config, hooks::HookStatus, stats::Stats};
+use crate::{config::Config, kernel::hook::HookStatus, stats::Stats};
 
 /// The outputs' own health, exported as metrics.
 #[derive(Debug, Default)]
