@@ -1,4 +1,4 @@
-//! Command-line interface (DESIGN.md section 5).
+//! Command-line interface (docs/contract.md, section 8).
 
 use std::path::PathBuf;
 

@@ -1,6 +1,6 @@
 //! The connection-failure observer: daemon and CLI.
 //!
-//! One module per stage of the data flow (DESIGN.md section 3):
+//! One module per stage of the data flow (docs/design.md, section 3):
 //! `kernel` (what the running kernel provides) -> `hooks` (load/attach) ->
 //! `capture` (ring buffer) -> `decode` (wire record -> `event`) -> `enrich` +
 //! `diagnose` (sliding windows -> diagnosis records) -> `sink`.

@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: the build's system dependencies, installed only
-//! when missing. See DESIGN.md section 4 for why each piece is needed.
+//! when missing. docs/toolchain.md (section 1) says why each piece is needed.
 
 use std::process::{Command, Stdio};
 

@@ -9,7 +9,7 @@ use crate::{
     event::{rfc3339, Category, Dataset, Direction, Endpoint, EventKind, Network, Process},
 };
 
-/// What is wrong (DESIGN.md section 1), plus `port_scan`: a scan is
+/// What is wrong (docs/design.md, section 1; the kinds in docs/contract.md, section 3), plus `port_scan`: a scan is
 /// reported as what it is, not as a service problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -22,7 +22,7 @@ use self::scenarios::{Expect, Rig, Scenario};
 use crate::diagnose::record::{DiagnosisRecord, Kind};
 
 /// The latency budget: a diagnosis must appear this soon after its
-/// failures start (DESIGN.md section 5).
+/// failures start (docs/contract.md, 3.2 Timing).
 pub const BUDGET: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Serialize)]

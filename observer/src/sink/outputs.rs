@@ -21,7 +21,19 @@ use super::{
     webhook::WebhookSink,
     Record,
 };
-use crate::{config::Config, kernel::hook::HookStatus, stats::Stats};
+use crate::{
+    config::{AlertsConfig, MetricsConfig, SyslogConfig},
+    kernel::hook::HookStatus,
+    stats::Stats,
+};
+
+/// The configuration's sections of the outputs, handed over by the daemon.
+#[derive(Clone, Copy)]
+pub struct Sections<'a> {
+    pub syslog: &'a SyslogConfig,
+    pub metrics: &'a MetricsConfig,
+    pub alerts: &'a AlertsConfig,
+}
 
 /// The outputs' own health, exported as metrics.
 #[derive(Debug, Default)]
@@ -89,7 +101,7 @@ impl Outputs {
     /// Starts what the configuration turns on. Fails only on what the
     /// admin must fix (the metrics port is taken, a bad URL); receivers
     /// that are down are retried, not fatal.
-    pub async fn start(config: &Config, stats: Arc<Stats>, hooks: &[HookStatus]) -> anyhow::Result<Outputs> {
+    pub async fn start(config: Sections<'_>, stats: Arc<Stats>, hooks: &[HookStatus]) -> anyhow::Result<Outputs> {
         let out_stats = Arc::new(OutputStats::default());
         let mut outputs = Outputs {
             metrics: None,
