@@ -116,13 +116,13 @@ impl Outputs {
                 .await
                 .with_context(|| format!("metrics endpoint: binding {}", config.metrics.listen))?;
             let local = listener.local_addr().context("metrics endpoint: local address")?;
-            let m = Arc::new(Metrics::new(&config.metrics, hooks));
+            let m = Arc::new(Metrics::new(config.metrics, hooks));
             let registry = Arc::new(m.registry(stats, out_stats.clone()));
             outputs.server = Some(tokio::spawn(metrics::serve(listener, registry)));
             outputs.metrics = Some(m);
             info!("metrics: serving http://{local}/metrics");
         }
-        let s = &config.syslog;
+        let s = config.syslog;
         if s.enabled {
             let (sink, task) = SyslogSink::start(s, out_stats.clone());
             let what = match (s.failures, s.diagnoses) {
@@ -135,7 +135,7 @@ impl Outputs {
             outputs.senders.push(task);
         }
         if !config.alerts.webhook_url.is_empty() {
-            let (sink, task) = WebhookSink::start(&config.alerts, out_stats).map_err(anyhow::Error::msg)?;
+            let (sink, task) = WebhookSink::start(config.alerts, out_stats).map_err(anyhow::Error::msg)?;
             info!("alerts: POSTing openings and escalations to {}", config.alerts.webhook_url);
             outputs.webhook = Some(sink);
             outputs.senders.push(task);
