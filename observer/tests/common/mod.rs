@@ -162,29 +162,26 @@ impl Daemon {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Every diagnosis record written so far, as JSON.
-    pub fn diagnoses(&self) -> Vec<serde_json::Value> {
+    /// Every record of a dataset written so far, as JSON (a torn last line is ignored).
+    fn records(&self, dataset: &str) -> Vec<serde_json::Value> {
         let mut text = String::new();
         if let Ok(mut f) = File::open(&self.log) {
             let _ = f.read_to_string(&mut text);
         }
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"]["dataset"] == "observer.diagnosis")
+            .filter(|v| v["event"]["dataset"] == dataset)
             .collect()
     }
 
-    /// Every event written so far (a torn last line is ignored).
+    /// Every diagnosis record written so far, as JSON.
+    pub fn diagnoses(&self) -> Vec<serde_json::Value> {
+        self.records("observer.diagnosis")
+    }
+
+    /// Every event written so far.
     pub fn events(&self) -> Vec<FailureEvent> {
-        let mut text = String::new();
-        if let Ok(mut f) = File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"]["dataset"] == "observer.failure")
-            .filter_map(|v| serde_json::from_value(v).ok())
-            .collect()
+        self.records("observer.failure").into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect()
     }
 
     /// Waits until an event matching `pred` is in the log; returns it.
