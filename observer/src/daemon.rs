@@ -126,7 +126,8 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     };
     let log = NdjsonSink::with_policy(&config.daemon.json_log, policy)
         .with_context(|| format!("opening the JSON log {}", config.daemon.json_log.display()))?;
-    let sections = Sections { syslog: &config.syslog, metrics: &config.metrics, alerts: &config.alerts };
+    let sections =
+        Sections { syslog: &config.syslog, metrics: &config.metrics, alerts: &config.alerts, email: &config.email };
     let outputs = Outputs::start(sections, stats.clone(), &statuses).await.context("starting the outputs")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

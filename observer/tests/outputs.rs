@@ -557,3 +557,367 @@ fn webhook_retries_a_5xx_with_backoff_and_delivers_on_the_third_try() {
     assert!(second >= Duration::from_millis(600) && second > first, "{first:?} then {second:?}");
     daemon.stop();
 }
+
+// ---------------------------------------------------------------- slack
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned()
+}
+
+/// The no_listener opening of a namespace, as the log has it.
+fn opening(daemon: &Daemon, netns: u32) -> serde_json::Value {
+    let open = |d: &serde_json::Value| {
+        d["observer"]["netns"] == netns && d["diagnosis"]["kind"] == "no_listener" && d["diagnosis"]["status"] == "open"
+    };
+    daemon.diagnoses().into_iter().find(open).unwrap_or_else(|| panic!("no opening in netns {netns}"))
+}
+
+/// Slack's own rules for an incoming-webhook message (Block Kit
+/// reference): a `text` and at most 50 blocks of known types; a header of
+/// plain text up to 150 characters; sections with text up to 3000 or up to
+/// 10 fields of up to 2000; context with 1 to 10 elements. In mrkdwn, `<`,
+/// `>` and `&` appear only escaped (our text has no links or mentions).
+fn assert_valid_slack_message(v: &serde_json::Value) {
+    let chars = |t: &serde_json::Value| t.as_str().map(|s| s.chars().count()).unwrap_or(0);
+    let text_object = |t: &serde_json::Value, max: usize| {
+        let kind = t["type"].as_str().unwrap_or_else(|| panic!("text object without type: {t}"));
+        assert!(["plain_text", "mrkdwn"].contains(&kind), "{t}");
+        let s = t["text"].as_str().unwrap_or_else(|| panic!("text object without text: {t}"));
+        assert!(!s.is_empty() && chars(&t["text"]) <= max, "{} characters (at most {max}): {t}", chars(&t["text"]));
+        if kind == "mrkdwn" {
+            assert!(!s.contains('<') && !s.contains('>'), "unescaped < or > in mrkdwn: {s}");
+            for (i, _) in s.match_indices('&') {
+                assert!(["&amp;", "&lt;", "&gt;"].iter().any(|e| s[i..].starts_with(e)), "bare & in mrkdwn: {s}");
+            }
+        }
+    };
+    let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+    for key in obj.keys() {
+        assert!(["text", "blocks"].contains(&key.as_str()), "unexpected key {key}: {v}");
+    }
+    assert!(v["text"].as_str().is_some_and(|t| !t.is_empty()), "no fallback text: {v}");
+    let blocks = v["blocks"].as_array().unwrap_or_else(|| panic!("no blocks: {v}"));
+    assert!(!blocks.is_empty() && blocks.len() <= 50, "{} blocks", blocks.len());
+    for b in blocks {
+        if let Some(id) = b.get("block_id") {
+            assert!(chars(id) <= 255, "{b}");
+        }
+        match b["type"].as_str() {
+            Some("header") => {
+                assert_eq!(b["text"]["type"], "plain_text", "{b}");
+                text_object(&b["text"], 150);
+            }
+            Some("section") => {
+                assert!(b.get("text").is_some() || b.get("fields").is_some(), "empty section: {b}");
+                if let Some(t) = b.get("text") {
+                    text_object(t, 3000);
+                }
+                if let Some(fields) = b.get("fields") {
+                    let fields = fields.as_array().unwrap();
+                    assert!(!fields.is_empty() && fields.len() <= 10, "{b}");
+                    fields.iter().for_each(|f| text_object(f, 2000));
+                }
+            }
+            Some("context") => {
+                let elements = b["elements"].as_array().unwrap();
+                assert!(!elements.is_empty() && elements.len() <= 10, "{b}");
+                elements.iter().for_each(|e| text_object(e, 3000));
+            }
+            Some("divider") => {}
+            other => panic!("block type {other:?} not expected: {b}"),
+        }
+    }
+}
+
+#[test]
+fn a_slack_format_alert_reaches_its_receiver_as_a_valid_slack_message() {
+    let receiver = Receiver::start(|_, _| 200);
+    let config =
+        format!("[alerts]\nwebhook_url = \"{}\"\nformat = \"slack\"\n[diagnosis]\nescalate_factor = 0\n", receiver.url);
+    let daemon = Daemon::start_with(&[], Some(&config));
+    let ns = Netns::new("slack");
+    let netns = ns.inode();
+    refuse(&ns, 8461, 5, Duration::from_millis(50));
+
+    // Other tests' namespaces alert this receiver too: ours names our
+    // namespace in its endpoint field.
+    let endpoint = format!("*Endpoint*\n127.0.0.1:8461 (inbound, netns {netns})");
+    let ours = |r: &Request| {
+        r.body["blocks"][2]["fields"].as_array().is_some_and(|f| f.iter().any(|f| f["text"] == endpoint.as_str()))
+    };
+    let alert =
+        wait_for("the Slack alert", Duration::from_secs(15), || receiver.requests().into_iter().find(|r| ours(r)));
+    assert_eq!(alert.headers.get("content-type").map(String::as_str), Some("application/json"));
+    assert_valid_slack_message(&alert.body);
+
+    let host = hostname();
+    let b = &alert.body;
+    assert_eq!(b["blocks"][0]["text"]["text"], format!("no_listener opened on {host}").as_str());
+    let text = b["text"].as_str().unwrap();
+    assert!(text.starts_with(&format!("observer on {host}: no_listener opened on port 8461: ")), "{text}");
+    // The summary is the diagnosis's, as the log has it (escaped for Slack).
+    let logged = opening(&daemon, netns);
+    let summary = logged["diagnosis"]["summary"].as_str().unwrap();
+    let escaped = summary.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    assert_eq!(b["blocks"][1]["text"]["text"], escaped.as_str());
+    let fields: Vec<&str> =
+        b["blocks"][2]["fields"].as_array().unwrap().iter().filter_map(|f| f["text"].as_str()).collect();
+    assert_eq!(fields[0], format!("*Host*\n{host}"));
+    assert_eq!(fields[2], format!("*Count*\n{}", logged["diagnosis"]["count"]));
+    assert!(fields.iter().any(|f| f.starts_with("*First seen*\n")), "{fields:?}");
+    let context = b["blocks"].as_array().unwrap().last().unwrap()["elements"][0]["text"].as_str().unwrap().to_owned();
+    assert!(context.contains(&format!("`observer why 8461 --netns {netns}`")), "{context}");
+    assert!(context.contains(logged["diagnosis"]["id"].as_str().unwrap()), "{context}");
+    daemon.stop();
+}
+
+// ---------------------------------------------------------------- e-mail
+
+/// A real SMTP server: Debian's aiosmtpd on 127.0.0.1, STARTTLS required
+/// with a certificate of the test's own CA, AUTH (PLAIN or LOGIN, only
+/// after STARTTLS) required. It parses every message it accepts with
+/// Python's email package and writes it as JSON into its directory; in
+/// `refuse` mode it answers RCPT with 550.
+struct Smtpd {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const SMTPD: &str = r#"
+import email, email.policy, json, os, ssl, sys, threading
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+out, cert, key, port, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+lock = threading.Lock()
+count = [0]
+
+def write(kind, record):
+    with lock:
+        count[0] += 1
+        n = count[0]
+    tmp = os.path.join(out, f".{kind}-{n}.json")
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.rename(tmp, os.path.join(out, f"{kind}-{n}.json"))
+
+class Handler:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if mode == "refuse":
+            write("refused", {"rcpt": address, "tls": session.ssl is not None})
+            return "550 5.7.1 Relaying denied"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        msg = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        plain, html = msg.get_body(("plain",)), msg.get_body(("html",))
+        login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
+        write("message", {
+            "mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos,
+            "tls": session.ssl is not None, "cipher": (session.ssl or {}).get("cipher"), "login": login,
+            "headers": {k: str(v) for k, v in msg.items()},
+            # Lines end in CRLF on the wire; as text, in \n.
+            "text": plain.get_content().replace("\r\n", "\n") if plain else None,
+            "html": html.get_content().replace("\r\n", "\n") if html else None,
+        })
+        return "250 2.0.0 Message accepted"
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = isinstance(auth_data, LoginPassword) and auth_data.login == b"observer" and auth_data.password == b"s3cret pass"
+    return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+c = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
+               authenticator=authenticator, auth_required=True, auth_require_tls=True)
+c.start()
+print("ready", flush=True)
+sys.stdin.read()
+c.stop()
+"#;
+
+impl Smtpd {
+    fn start(mode: &str) -> Smtpd {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        // A CA of the test's own, and the server's certificate for
+        // 127.0.0.1 signed by it: the daemon trusts it through ca_file.
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "observer test CA");
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(path("smtpd.py"), SMTPD).unwrap();
+        std::fs::create_dir(path("mail")).unwrap();
+        let port = free_tcp_port();
+        // Debian's interpreter, where python3-aiosmtpd is installed.
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(path("smtpd.py"))
+            .args([path("mail"), path("cert.pem"), path("key.pem")])
+            .args([&port.to_string(), mode])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aiosmtpd (python3-aiosmtpd; cargo xtask setup installs it)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "aiosmtpd did not start");
+        Smtpd { child, dir, port }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// What the server wrote of a kind (`message`, `refused`), in order.
+    fn records(&self, kind: &str) -> Vec<serde_json::Value> {
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(self.dir.path().join("mail"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.to_owned();
+                let n = name.strip_prefix(&format!("{kind}-"))?.strip_suffix(".json")?.parse().ok()?;
+                Some((n, p))
+            })
+            .collect();
+        files.sort();
+        files.iter().map(|(_, p)| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()).collect()
+    }
+}
+
+impl Drop for Smtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn email_config(smtpd: &Smtpd, dir: &std::path::Path, extra: &str) -> String {
+    let password = dir.join("smtp-password");
+    std::fs::write(&password, "s3cret pass\n").unwrap();
+    format!(
+        "[email]\nenabled = true\nserver = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\nusername = \"observer\"\n\
+         password_file = \"{}\"\nfrom = \"observer <observer@example.test>\"\n\
+         to = [\"oncall@example.test\", \"Ops <ops@example.test>\"]\nbackoff_ms = 200\ntimeout_ms = 5000\n{extra}\n\
+         [diagnosis]\nupdate_interval_secs = 1\nescalate_factor = 0\n",
+        smtpd.port,
+        smtpd.ca_file().display(),
+        password.display()
+    )
+}
+
+#[test]
+fn an_email_per_opening_reaches_a_real_smtp_server_over_starttls() {
+    let smtpd = Smtpd::start("accept");
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with(&[], Some(&email_config(&smtpd, dir.path(), "")));
+    let ns = Netns::new("email");
+    let netns = ns.inode();
+    // Down for 3 s, with updates every second: one opening, one message.
+    refuse(&ns, 8462, 30, Duration::from_millis(100));
+
+    let endpoint = format!("127.0.0.1:8462 (inbound, netns {netns})");
+    let ours = |m: &serde_json::Value| m["text"].as_str().is_some_and(|t| t.contains(&endpoint));
+    wait_for("the e-mail", Duration::from_secs(15), || smtpd.records("message").into_iter().find(|m| ours(m)));
+    std::thread::sleep(Duration::from_secs(2));
+    let mails: Vec<serde_json::Value> = smtpd.records("message").into_iter().filter(|m| ours(m)).collect();
+    assert_eq!(mails.len(), 1, "one message per opening, not per update: {mails:#?}");
+    let m = &mails[0];
+
+    // The session: STARTTLS, then AUTH with the password from its file.
+    assert_eq!(m["tls"], true, "{m:#}");
+    assert!(m["cipher"].is_array(), "{m:#}");
+    assert_eq!(m["login"], "observer");
+    assert_eq!(m["mail_from"], "observer@example.test");
+    assert_eq!(m["rcpt_tos"], serde_json::json!(["oncall@example.test", "ops@example.test"]));
+
+    let host = hostname();
+    let h = &m["headers"];
+    assert_eq!(h["From"], "observer <observer@example.test>");
+    assert_eq!(h["To"], "oncall@example.test, Ops <ops@example.test>");
+    assert_eq!(h["Subject"], format!("[observer] no_listener opened on {host}: 127.0.0.1:8462").as_str());
+    assert!(h["Content-Type"].as_str().unwrap().starts_with("multipart/alternative"), "{h:#}");
+    let logged = opening(&daemon, netns);
+    let id = logged["diagnosis"]["id"].as_str().unwrap();
+    assert!(h["Message-ID"].as_str().unwrap().starts_with(&format!("<{id}.")), "{h:#}");
+
+    let text = m["text"].as_str().unwrap();
+    let summary = logged["diagnosis"]["summary"].as_str().unwrap();
+    assert!(text.starts_with(&format!("observer on {host}: no_listener opened on port 8462\n\n{summary}\n")), "{text}");
+    assert!(text.contains(&format!("Endpoint:   {endpoint}\n")), "{text}");
+    assert!(text.contains(&format!("Diagnosis:  no_listener, id {id}, open\n")), "{text}");
+    assert!(text.contains("\nWhat to do:\n  - "), "{text}");
+    assert!(text.contains("  actions:           refused "), "{text}");
+    assert!(text.contains(&format!("observer why 8462 --netns {netns}\n")), "{text}");
+    let html = m["html"].as_str().unwrap();
+    assert!(html.contains(&format!("<code>observer why 8462 --netns {netns}</code>")), "{html}");
+    let (stderr, _) = daemon.stop();
+    assert!(
+        stderr.contains("email: sending open, escalated to oncall@example.test, Ops <ops@example.test>"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_server_that_refuses_counts_a_loss_and_the_daemon_keeps_logging() {
+    let smtpd = Smtpd::start("refuse");
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    let config = format!("{}[metrics]\nlisten = \"{metrics}\"\n", email_config(&smtpd, dir.path(), ""));
+    let daemon = Daemon::start_with(&[], Some(&config));
+    let ns = Netns::new("email550");
+    let netns = ns.inode();
+    refuse(&ns, 8463, 3, Duration::from_millis(20));
+
+    let scrape = || parse_exposition(&http_get(&metrics, "/metrics").2);
+    wait_for("a counted loss", Duration::from_secs(15), || {
+        (value(&scrape(), "observer_email_failed_total", &[]) >= Some(1.0)).then_some(())
+    });
+    // The refusal came after STARTTLS and AUTH, at RCPT; a 5xx is final.
+    let refused = smtpd.records("refused");
+    assert!(!refused.is_empty() && refused.iter().all(|r| r["tls"] == true), "{refused:#?}");
+    let s = scrape();
+    assert_eq!(value(&s, "observer_email_sent_total", &[]), Some(0.0));
+    assert_eq!(value(&s, "observer_email_retries_total", &[]), Some(0.0), "a 5xx is not retried");
+    assert!(smtpd.records("message").is_empty());
+
+    // The daemon goes on: new failures still reach the log.
+    refuse(&ns, 8464, 2, Duration::from_millis(20));
+    daemon.expect_event("a refusal after the lost e-mail", |e| e.observer.netns == netns && e.destination.port == 8464);
+    let (stderr, _) = daemon.stop();
+    assert!(stderr.contains("email: 127.0.0.1:") && stderr.contains("RCPT TO: permanent error (550)"), "{stderr}");
+}
+
+#[test]
+fn a_certificate_from_an_unknown_ca_is_refused_not_retried() {
+    let smtpd = Smtpd::start("accept");
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    // No ca_file: the test CA is not among the system's.
+    let config =
+        email_config(&smtpd, dir.path(), "").replace(&format!("ca_file = \"{}\"\n", smtpd.ca_file().display()), "");
+    let config = format!("{config}[metrics]\nlisten = \"{metrics}\"\n");
+    let daemon = Daemon::start_with(&[], Some(&config));
+    let ns = Netns::new("emailca");
+    refuse(&ns, 8465, 3, Duration::from_millis(20));
+
+    let scrape = || parse_exposition(&http_get(&metrics, "/metrics").2);
+    wait_for("a counted loss", Duration::from_secs(15), || {
+        (value(&scrape(), "observer_email_failed_total", &[]) >= Some(1.0)).then_some(())
+    });
+    assert_eq!(value(&scrape(), "observer_email_retries_total", &[]), Some(0.0));
+    assert!(smtpd.records("message").is_empty(), "nothing is sent over an unverified connection");
+    let (stderr, _) = daemon.stop();
+    assert!(stderr.contains("STARTTLS") && stderr.contains("email.ca_file"), "{stderr}");
+}

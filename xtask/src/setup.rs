@@ -24,6 +24,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wrk", "the load generator of the benchmark's healthy web workload"),
     ("iperf3", "the benchmark's small-message transfer workload"),
     ("rsyslog", "a real syslog receiver for the syslog output tests"),
+    ("python3-aiosmtpd", "a real SMTP server (STARTTLS, AUTH) for the e-mail alert tests, run by /usr/bin/python3"),
     ("systemd", "systemd-analyze verifies the service unit in the tests"),
 ];
 

@@ -18,7 +18,10 @@ use documented::DocumentedFields;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use self::sinks::{AlertsConfig, Facility, MetricsConfig, SyslogConfig, Transport};
+pub use self::sinks::{
+    AlertStatus, AlertsConfig, EmailConfig, Facility, MetricsConfig, SmtpTls, StartTls, SyslogConfig, Transport,
+    WebhookFormat,
+};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -59,10 +62,14 @@ pub struct Config {
     pub syslog: SyslogConfig,
     /// Prometheus endpoint: OpenMetrics text at `/metrics`.
     pub metrics: MetricsConfig,
-    /// Webhook: one JSON POST (the diagnosis record, plus `message` and
-    /// `host.name`) when a diagnosis opens and when it escalates; never per
-    /// event or per update.
+    /// Webhook: one POST when a diagnosis opens and when it escalates, never
+    /// per event or per update. The body is the diagnosis record plus `message`
+    /// and `host.name` (format "json"), a Slack message or a Teams card.
     pub alerts: AlertsConfig,
+    /// E-mail over SMTP (STARTTLS or implicit TLS, certificates verified): one
+    /// message per opening and escalation (or the statuses chosen), plain text
+    /// with an HTML alternative, with the same retries and rate limit as the webhook.
+    pub email: EmailConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
@@ -369,7 +376,8 @@ impl Config {
         }
         self.syslog.validate()?;
         self.metrics.validate()?;
-        self.alerts.validate()
+        self.alerts.validate()?;
+        self.email.validate()
     }
 }
 

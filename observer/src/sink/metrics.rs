@@ -212,6 +212,11 @@ impl Collector for Health {
             alerts_retries,
             alerts_rate_limited,
             alerts_dropped,
+            email_sent,
+            email_failed,
+            email_retries,
+            email_rate_limited,
+            email_dropped,
         } = &*self.outputs;
         let counters = [
             ("observer_records_read", "Records read from the kernel ring buffer", records),
@@ -275,6 +280,19 @@ impl Collector for Health {
             ("observer_alerts_retries", "Webhook delivery attempts that were retried", alerts_retries),
             ("observer_alerts_rate_limited", "Alerts suppressed by the rate limit (summarized)", alerts_rate_limited),
             ("observer_alerts_dropped", "Alerts not queued because the webhook queue was full", alerts_dropped),
+            ("observer_email_sent", "E-mail alerts the SMTP server accepted", email_sent),
+            (
+                "observer_email_failed",
+                "E-mail alerts lost: refused (5xx, TLS, AUTH) or given up after retries",
+                email_failed,
+            ),
+            ("observer_email_retries", "E-mail delivery attempts that were retried (4xx, timeouts)", email_retries),
+            (
+                "observer_email_rate_limited",
+                "E-mail alerts suppressed by the rate limit (summarized)",
+                email_rate_limited,
+            ),
+            ("observer_email_dropped", "E-mail alerts not queued because the e-mail queue was full", email_dropped),
         ];
         let lost =
             Stats::get(kernel_counter_map_full) + Stats::get(kernel_read_failed) + Stats::get(kernel_hook_misses);

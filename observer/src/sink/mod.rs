@@ -1,5 +1,8 @@
 //! Sinks: where events and diagnoses leave the daemon.
 
+pub mod chat;
+pub mod delivery;
+pub mod email;
 pub mod metrics;
 pub mod ndjson;
 pub mod outputs;

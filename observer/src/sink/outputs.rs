@@ -1,5 +1,5 @@
-//! The outputs beside the NDJSON log: syslog, the metrics endpoint and
-//! webhook alerts. The sink task offers every record here after writing
+//! The outputs beside the NDJSON log: syslog, the metrics endpoint,
+//! webhook and e-mail alerts. The sink task offers every record here after writing
 //! it to the log; nothing in `offer` waits on the network.
 
 use std::{
@@ -16,13 +16,14 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{
+    email::EmailSink,
     metrics::{self, Metrics},
     syslog::SyslogSink,
     webhook::WebhookSink,
     Record,
 };
 use crate::{
-    config::{AlertsConfig, MetricsConfig, SyslogConfig},
+    config::{AlertsConfig, EmailConfig, MetricsConfig, SyslogConfig},
     kernel::hook::HookStatus,
     stats::Stats,
 };
@@ -33,6 +34,7 @@ pub struct Sections<'a> {
     pub syslog: &'a SyslogConfig,
     pub metrics: &'a MetricsConfig,
     pub alerts: &'a AlertsConfig,
+    pub email: &'a EmailConfig,
 }
 
 /// The outputs' own health, exported as metrics.
@@ -46,6 +48,11 @@ pub struct OutputStats {
     pub alerts_retries: AtomicU64,
     pub alerts_rate_limited: AtomicU64,
     pub alerts_dropped: AtomicU64,
+    pub email_sent: AtomicU64,
+    pub email_failed: AtomicU64,
+    pub email_retries: AtomicU64,
+    pub email_rate_limited: AtomicU64,
+    pub email_dropped: AtomicU64,
 }
 
 impl OutputStats {
@@ -92,6 +99,7 @@ pub struct Outputs {
     metrics: Option<Arc<Metrics>>,
     syslog: Option<SyslogSink>,
     webhook: Option<WebhookSink>,
+    email: Option<EmailSink>,
     senders: Vec<JoinHandle<()>>,
     server: Option<JoinHandle<()>>,
     pub stats: Arc<OutputStats>,
@@ -107,6 +115,7 @@ impl Outputs {
             metrics: None,
             syslog: None,
             webhook: None,
+            email: None,
             senders: Vec::new(),
             server: None,
             stats: out_stats.clone(),
@@ -135,9 +144,21 @@ impl Outputs {
             outputs.senders.push(task);
         }
         if !config.alerts.webhook_url.is_empty() {
-            let (sink, task) = WebhookSink::start(config.alerts, out_stats).map_err(anyhow::Error::msg)?;
-            info!("alerts: POSTing openings and escalations to {}", config.alerts.webhook_url);
+            let (sink, task) = WebhookSink::start(config.alerts, out_stats.clone()).map_err(anyhow::Error::msg)?;
+            info!(
+                "alerts: POSTing openings and escalations to {} (format {})",
+                config.alerts.webhook_url,
+                config.alerts.format.as_str()
+            );
             outputs.webhook = Some(sink);
+            outputs.senders.push(task);
+        }
+        let e = config.email;
+        if e.enabled {
+            let (sink, task) = EmailSink::start(e, out_stats)?;
+            let statuses: Vec<&str> = e.statuses.iter().map(|s| s.as_str()).collect();
+            info!("email: sending {} to {} via {}:{}", statuses.join(", "), e.to.join(", "), e.server, e.port());
+            outputs.email = Some(sink);
             outputs.senders.push(task);
         }
         Ok(outputs)
@@ -153,6 +174,9 @@ impl Outputs {
         if let Some(w) = &self.webhook {
             w.offer(record);
         }
+        if let Some(e) = &self.email {
+            e.offer(record);
+        }
     }
 
     /// Lets the senders deliver what is queued, for at most `grace`; the
@@ -160,12 +184,13 @@ impl Outputs {
     pub async fn shutdown(mut self, grace: Duration) {
         self.syslog = None;
         self.webhook = None;
+        self.email = None;
         let deadline = tokio::time::Instant::now() + grace;
         for task in self.senders.drain(..) {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 abort.abort();
-                warn!("outputs: undelivered syslog messages or alerts dropped at shutdown after {grace:?}");
+                warn!("outputs: undelivered syslog messages, alerts or e-mails dropped at shutdown after {grace:?}");
             }
         }
         if let Some(server) = self.server.take() {

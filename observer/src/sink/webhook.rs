@@ -1,11 +1,13 @@
 //! Webhook alerts: one JSON POST when a diagnosis opens and when it
 //! escalates; never per failure event, never per ongoing update.
 //!
-//! The body is the diagnosis record of the JSON contract (the same object
-//! as in the log), plus ECS `message` (one line for chat tools and pagers)
-//! and `host.name` (a receiver serves many hosts). `Idempotency-Key` is the
-//! same on every retry of one alert, so a receiver can drop duplicates
-//! when a response was lost.
+//! The body (`alerts.format`): by default the diagnosis record of the JSON
+//! contract (the same object as in the log), plus ECS `message` (one line
+//! for chat tools and pagers) and `host.name` (a receiver serves many
+//! hosts); or a Slack or Teams message (`chat`). The format changes the
+//! body only: delivery, retries and the rate limit are the same.
+//! `Idempotency-Key` is the same on every retry of one alert, so a receiver
+//! can drop duplicates when a response was lost.
 //!
 //! Delivery: connection errors, timeouts, 5xx and 429 are retried with
 //! exponential backoff (honouring Retry-After); other 4xx are final.
@@ -15,7 +17,6 @@
 //! bounded queue: a slow or dead receiver never holds up the pipeline.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -31,12 +32,15 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
+    chat,
+    delivery::{self, Attempt, Backoff, Channel, Counters, RateLimit, Suppressed},
     outputs::{OutputStats, WarnLimiter},
     Record,
 };
 use crate::{
-    config::AlertsConfig,
+    config::{AlertsConfig, WebhookFormat},
     diagnose::record::{DiagnosisRecord, Status},
+    netns,
 };
 
 /// Whether a record is worth waking someone for.
@@ -56,7 +60,7 @@ impl WebhookSink {
     ) -> Result<(WebhookSink, tokio::task::JoinHandle<()>), String> {
         let poster = Poster::new(cfg, stats.clone(), Duration::from_secs(60))?;
         let (tx, rx) = mpsc::channel(cfg.queue);
-        Ok((WebhookSink { tx, stats }, tokio::spawn(poster.run(rx))))
+        Ok((WebhookSink { tx, stats }, tokio::spawn(delivery::run(poster, rx))))
     }
 
     /// Queues an alert for an opening or escalation; ignores everything
@@ -69,68 +73,27 @@ impl WebhookSink {
     }
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
 }
 
-/// At most `max` events in any `period`.
-struct RateLimit {
-    max: usize,
-    period: Duration,
-    sent: VecDeque<Instant>,
-}
-
-impl RateLimit {
-    fn new(max: usize, period: Duration) -> RateLimit {
-        RateLimit { max, period, sent: VecDeque::new() }
-    }
-
-    fn has_room(&mut self, now: Instant) -> bool {
-        while self.sent.front().is_some_and(|t| now.duration_since(*t) >= self.period) {
-            self.sent.pop_front();
-        }
-        self.sent.len() < self.max
-    }
-
-    fn admit(&mut self, now: Instant) -> bool {
-        let ok = self.has_room(now);
-        if ok {
-            self.sent.push_back(now);
-        }
-        ok
-    }
-}
-
-#[derive(Default)]
-struct Suppressed {
-    since: Option<SystemTime>,
-    by_kind: BTreeMap<String, u64>,
-}
-
-impl Suppressed {
-    fn count(&self) -> u64 {
-        self.by_kind.values().sum()
-    }
-}
-
 struct Poster {
-    client: Client<HttpConnector, Full<Bytes>>,
-    uri: Uri,
+    sender: Sender,
     host: String,
-    timeout: Duration,
-    max_retries: u32,
-    backoff: Duration,
-    backoff_max: Duration,
+    own_netns: Option<u32>,
+    format: WebhookFormat,
+    policy: Backoff,
     limit: RateLimit,
     suppressed: Suppressed,
     stats: Arc<OutputStats>,
     warn: WarnLimiter,
 }
 
-enum Attempt {
-    Delivered,
-    Retry(Option<Duration>),
-    Final(String),
+/// The HTTP side: one POST, and what its outcome means.
+struct Sender {
+    client: Client<HttpConnector, Full<Bytes>>,
+    uri: Uri,
+    timeout: Duration,
 }
 
 impl Poster {
@@ -138,13 +101,15 @@ impl Poster {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(cfg.timeout_ms)));
         Ok(Poster {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            uri: cfg.uri()?,
+            sender: Sender {
+                client: Client::builder(TokioExecutor::new()).build(connector),
+                uri: cfg.uri()?,
+                timeout: Duration::from_millis(cfg.timeout_ms),
+            },
             host: host_name(),
-            timeout: Duration::from_millis(cfg.timeout_ms),
-            max_retries: cfg.max_retries,
-            backoff: Duration::from_millis(cfg.backoff_ms),
-            backoff_max: Duration::from_millis(cfg.backoff_max_ms),
+            own_netns: netns::own(),
+            format: cfg.format,
+            policy: Backoff::from_millis(cfg.max_retries, cfg.backoff_ms, cfg.backoff_max_ms),
             limit: RateLimit::new(cfg.max_per_minute as usize, rate_period),
             suppressed: Suppressed::default(),
             stats,
@@ -152,29 +117,33 @@ impl Poster {
         })
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Box<DiagnosisRecord>>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(d) => self.alert(&d).await,
-                    None => break,
-                },
-                _ = tick.tick() => self.summarize().await,
-            }
-        }
-        self.summarize().await;
+    async fn deliver(&mut self, body: Bytes, key: &str) {
+        let counters = Counters {
+            sent: &self.stats.alerts_sent,
+            failed: &self.stats.alerts_failed,
+            retries: &self.stats.alerts_retries,
+        };
+        let sender = &self.sender;
+        delivery::deliver(&self.policy, &counters, &mut self.warn, "the alert", || sender.post(body.clone(), key))
+            .await;
     }
+}
 
-    async fn alert(&mut self, d: &DiagnosisRecord) {
+impl Channel for Poster {
+    async fn alert(&mut self, d: Box<DiagnosisRecord>) {
+        let d = &*d;
         if !self.limit.admit(Instant::now()) {
             OutputStats::inc(&self.stats.alerts_rate_limited);
-            self.suppressed.since.get_or_insert_with(SystemTime::now);
-            *self.suppressed.by_kind.entry(d.diagnosis.kind.as_str().to_owned()).or_default() += 1;
+            self.suppressed.add(d);
             return;
         }
-        let Some(body) = alert_body(d, &self.host) else {
+        let why = delivery::why_command(d, self.own_netns);
+        let body = match self.format {
+            WebhookFormat::Json => alert_body(d, &self.host),
+            WebhookFormat::Slack => serde_json::to_vec(&chat::slack(d, &self.host, &why)).ok().map(Bytes::from),
+            WebhookFormat::Teams => serde_json::to_vec(&chat::teams(d, &self.host, &why)).ok().map(Bytes::from),
+        };
+        let Some(body) = body else {
             OutputStats::inc(&self.stats.alerts_failed);
             return;
         };
@@ -193,55 +162,25 @@ impl Poster {
             return;
         }
         let s = std::mem::take(&mut self.suppressed);
-        let since = humantime::format_rfc3339_micros(s.since.unwrap_or_else(SystemTime::now)).to_string();
-        let kinds: Vec<String> = s.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        let body = json!({
-            "@timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            "event": { "dataset": "observer.alert_summary", "kind": "alert", "category": ["network"] },
-            "host": { "name": self.host },
-            "message": format!(
-                "observer on {}: {n} more alerts held back by the rate limit ({} per minute) since {since}: {}",
-                self.host, self.limit.max, kinds.join(", ")
-            ),
-            "suppressed": { "count": n, "since": since, "by_kind": s.by_kind },
-        });
+        let since = s.since_rfc3339();
+        let body = match self.format {
+            WebhookFormat::Json => json!({
+                "@timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+                "event": { "dataset": "observer.alert_summary", "kind": "alert", "category": ["network"] },
+                "host": { "name": self.host },
+                "message": s.message(&self.host, self.limit.max),
+                "suppressed": { "count": n, "since": since, "by_kind": s.by_kind },
+            }),
+            WebhookFormat::Slack => chat::slack_summary(&s, &self.host, self.limit.max),
+            WebhookFormat::Teams => chat::teams_summary(&s, &self.host, self.limit.max),
+        };
         let key = format!("summary/{since}");
         self.deliver(Bytes::from(body.to_string()), &key).await;
     }
+}
 
-    async fn deliver(&mut self, body: Bytes, key: &str) {
-        let mut delay = self.backoff;
-        let mut retries = 0;
-        loop {
-            match self.post(body.clone(), key).await {
-                Attempt::Delivered => {
-                    OutputStats::inc(&self.stats.alerts_sent);
-                    return;
-                }
-                Attempt::Final(why) => {
-                    OutputStats::inc(&self.stats.alerts_failed);
-                    self.warn.warn(format_args!("{why}; the alert is dropped"));
-                    return;
-                }
-                Attempt::Retry(after) => {
-                    if retries == self.max_retries {
-                        OutputStats::inc(&self.stats.alerts_failed);
-                        self.warn.warn(format_args!("giving up on an alert after {} attempts", retries + 1));
-                        return;
-                    }
-                    retries += 1;
-                    OutputStats::inc(&self.stats.alerts_retries);
-                    // The receiver's Retry-After is taken as is; our own
-                    // backoff gets jitter.
-                    let wait = after.map_or_else(|| jitter(delay), |a| a.min(self.backoff_max));
-                    tokio::time::sleep(wait).await;
-                    delay = (delay * 2).min(self.backoff_max);
-                }
-            }
-        }
-    }
-
-    async fn post(&mut self, body: Bytes, key: &str) -> Attempt {
+impl Sender {
+    async fn post(&self, body: Bytes, key: &str) -> Attempt {
         let req = Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::USER_AGENT, concat!("observer/", env!("CARGO_PKG_VERSION")))
@@ -253,14 +192,8 @@ impl Poster {
         };
         let uri = &self.uri;
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => {
-                self.warn.warn(format_args!("POST {uri}: no response within {:?}; retrying", self.timeout));
-                Attempt::Retry(None)
-            }
-            Ok(Err(e)) => {
-                self.warn.warn(format_args!("POST {uri}: {e}; retrying"));
-                Attempt::Retry(None)
-            }
+            Err(_) => Attempt::Retry { after: None, why: format!("POST {uri}: no response within {:?}", self.timeout) },
+            Ok(Err(e)) => Attempt::Retry { after: None, why: format!("POST {uri}: {e}") },
             Ok(Ok(resp)) => {
                 let status = resp.status();
                 if status.is_success() {
@@ -272,8 +205,7 @@ impl Poster {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
-                    self.warn.warn(format_args!("POST {uri}: {status}; retrying"));
-                    Attempt::Retry(after)
+                    Attempt::Retry { after, why: format!("POST {uri}: {status}") }
                 } else {
                     Attempt::Final(format!("POST {uri}: {status}"))
                 }
@@ -282,31 +214,11 @@ impl Poster {
     }
 }
 
-/// Up to a quarter less than `d`, so that hosts alerting the same
-/// receiver after an outage do not retry in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0)
-        ^ std::process::id();
-    let quarter = d.as_millis() as u64 / 4;
-    if quarter == 0 {
-        return d;
-    }
-    d.saturating_sub(Duration::from_millis(u64::from(seed) % quarter))
-}
-
 /// The diagnosis record plus `message` and `host.name`.
 pub fn alert_body(d: &DiagnosisRecord, host: &str) -> Option<Bytes> {
     let mut v = serde_json::to_value(d).ok()?;
     let obj = v.as_object_mut()?;
-    let what = match d.diagnosis.status {
-        Status::Escalated => "escalated",
-        _ => "opened",
-    };
-    let message = format!(
-        "observer on {host}: {} {what} on port {}: {}",
-        d.diagnosis.kind, d.destination.port, d.diagnosis.summary
-    );
-    obj.insert("message".into(), message.into());
+    obj.insert("message".into(), chat::message(d, host).into());
     obj.insert("host".into(), json!({ "name": host }));
     serde_json::to_vec(&v).ok().map(Bytes::from)
 }
@@ -314,18 +226,6 @@ pub fn alert_body(d: &DiagnosisRecord, host: &str) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rate_limit_is_a_sliding_window() {
-        let mut r = RateLimit::new(2, Duration::from_secs(60));
-        let t0 = Instant::now();
-        assert!(r.admit(t0));
-        assert!(r.admit(t0 + Duration::from_secs(10)));
-        assert!(!r.admit(t0 + Duration::from_secs(59)));
-        assert!(r.admit(t0 + Duration::from_secs(60)));
-        assert!(!r.admit(t0 + Duration::from_secs(61)));
-        assert!(r.admit(t0 + Duration::from_secs(70)));
-    }
 
     fn diagnosis(id: &str) -> Box<DiagnosisRecord> {
         let v = json!({
@@ -342,6 +242,23 @@ mod tests {
             "observer": { "netns": 1, "direction": "inbound" }
         });
         Box::new(serde_json::from_value(v).unwrap())
+    }
+
+    /// The generic body as it always was: the record, `host.name` and
+    /// `message`, keys in serde_json's order.
+    #[test]
+    fn the_json_body_is_the_record_plus_message_and_host() {
+        let body = alert_body(&diagnosis("a"), "web-1").unwrap();
+        let expected = concat!(
+            r#"{"@timestamp":"2026-01-01T00:00:00Z","destination":{"ip":"127.0.0.1","port":8080},"#,
+            r#""diagnosis":{"advice":[],"clients":1,"count":3,"evidence":{"actions":{},"sample_clients":[]},"#,
+            r#""first_seen":"2026-01-01T00:00:00.000Z","id":"a","kind":"no_listener","last_seen":"2026-01-01T00:00:00Z","#,
+            r#""status":"open","summary":"nothing listens"},"#,
+            r#""event":{"category":["network"],"dataset":"observer.diagnosis","kind":"alert"},"host":{"name":"web-1"},"#,
+            r#""message":"observer on web-1: no_listener opened on port 8080: nothing listens","#,
+            r#""network":{"transport":"tcp","type":"ipv4"},"observer":{"direction":"inbound","netns":1}}"#
+        );
+        assert_eq!(std::str::from_utf8(&body).unwrap(), expected);
     }
 
     /// Answers 200 to every POST and keeps the bodies.
@@ -381,7 +298,7 @@ mod tests {
         let stats = Arc::new(OutputStats::default());
         let poster = Poster::new(&cfg, stats.clone(), Duration::from_millis(300)).unwrap();
         let (tx, rx) = mpsc::channel(8);
-        let task = tokio::spawn(poster.run(rx));
+        let task = tokio::spawn(delivery::run(poster, rx));
         for id in ["a", "b", "c"] {
             tx.send(diagnosis(id)).await.unwrap();
         }
@@ -399,14 +316,5 @@ mod tests {
         assert_eq!(bodies[1]["suppressed"]["by_kind"]["no_listener"], 2);
         assert_eq!(OutputStats::get(&stats.alerts_rate_limited), 2);
         assert_eq!(OutputStats::get(&stats.alerts_sent), 2);
-    }
-
-    #[test]
-    fn jitter_stays_within_a_quarter() {
-        for ms in [0, 3, 100, 1000] {
-            let d = Duration::from_millis(ms);
-            let j = jitter(d);
-            assert!(j <= d && j >= d - d / 4, "{ms}: {j:?}");
-        }
     }
 }
