@@ -27,7 +27,7 @@ impl Config {
                 $( write_section(&mut out, stringify!($section), &$section)?; )*
             }};
         }
-        sections!(daemon, history, capture, diagnosis, enrich, kernel, syslog, metrics, alerts);
+        sections!(daemon, history, capture, diagnosis, enrich, kernel, syslog, metrics, alerts, otlp);
         Ok(out)
     }
 }

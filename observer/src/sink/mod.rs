@@ -1,7 +1,9 @@
 //! Sinks: where events and diagnoses leave the daemon.
 
+pub mod http;
 pub mod metrics;
 pub mod ndjson;
+pub mod otlp;
 pub mod outputs;
 pub mod syslog;
 pub mod webhook;
@@ -21,4 +23,10 @@ use crate::{diagnose::record::DiagnosisRecord, event::FailureEvent};
 pub enum Record {
     Failure(FailureEvent),
     Diagnosis(Box<DiagnosisRecord>),
+}
+
+/// The kernel's host name, for receivers that serve many hosts (the
+/// webhook's `host.name`, OTLP's resource); empty when unreadable.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
 }

@@ -1,5 +1,5 @@
-//! The outputs beside the NDJSON log: syslog, the metrics endpoint and
-//! webhook alerts. The sink task offers every record here after writing
+//! The outputs beside the NDJSON log: syslog, the metrics endpoint,
+//! webhook alerts and OTLP. The sink task offers every record here after writing
 //! it to the log; nothing in `offer` waits on the network.
 
 use std::{
@@ -17,12 +17,13 @@ use tracing::{info, warn};
 
 use super::{
     metrics::{self, Metrics},
+    otlp::OtlpSink,
     syslog::SyslogSink,
     webhook::WebhookSink,
     Record,
 };
 use crate::{
-    config::{AlertsConfig, MetricsConfig, SyslogConfig},
+    config::{AlertsConfig, MetricsConfig, OtlpSettings, SyslogConfig},
     kernel::hook::HookStatus,
     stats::Stats,
 };
@@ -33,6 +34,9 @@ pub struct Sections<'a> {
     pub syslog: &'a SyslogConfig,
     pub metrics: &'a MetricsConfig,
     pub alerts: &'a AlertsConfig,
+    /// `[otlp]` resolved with the environment (`OtlpConfig::resolve`);
+    /// None when it is off.
+    pub otlp: Option<&'a OtlpSettings>,
 }
 
 /// The outputs' own health, exported as metrics.
@@ -46,6 +50,19 @@ pub struct OutputStats {
     pub alerts_retries: AtomicU64,
     pub alerts_rate_limited: AtomicU64,
     pub alerts_dropped: AtomicU64,
+    /// Log records the OTLP endpoint accepted.
+    pub otlp_sent: AtomicU64,
+    /// Records refused at the OTLP queue (full).
+    pub otlp_dropped: AtomicU64,
+    /// Log records lost after they were queued: given up after retries,
+    /// refused (a final status), or rejected in a partial success.
+    pub otlp_failed: AtomicU64,
+    /// OTLP requests retried (logs and metrics).
+    pub otlp_retries: AtomicU64,
+    /// Metric exports the OTLP endpoint accepted.
+    pub otlp_metrics_sent: AtomicU64,
+    /// Metric exports given up or refused.
+    pub otlp_metrics_failed: AtomicU64,
 }
 
 impl OutputStats {
@@ -55,6 +72,46 @@ impl OutputStats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Every counter by its field name (the health file).
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        // Without `..`: a counter added above and not listed here does not compile.
+        let OutputStats {
+            syslog_sent,
+            syslog_dropped,
+            syslog_errors,
+            alerts_sent,
+            alerts_failed,
+            alerts_retries,
+            alerts_rate_limited,
+            alerts_dropped,
+            otlp_sent,
+            otlp_dropped,
+            otlp_failed,
+            otlp_retries,
+            otlp_metrics_sent,
+            otlp_metrics_failed,
+        } = self;
+        [
+            ("syslog_sent", syslog_sent),
+            ("syslog_dropped", syslog_dropped),
+            ("syslog_errors", syslog_errors),
+            ("alerts_sent", alerts_sent),
+            ("alerts_failed", alerts_failed),
+            ("alerts_retries", alerts_retries),
+            ("alerts_rate_limited", alerts_rate_limited),
+            ("alerts_dropped", alerts_dropped),
+            ("otlp_sent", otlp_sent),
+            ("otlp_dropped", otlp_dropped),
+            ("otlp_failed", otlp_failed),
+            ("otlp_retries", otlp_retries),
+            ("otlp_metrics_sent", otlp_metrics_sent),
+            ("otlp_metrics_failed", otlp_metrics_failed),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), OutputStats::get(v)))
+        .collect()
     }
 }
 
@@ -92,6 +149,7 @@ pub struct Outputs {
     metrics: Option<Arc<Metrics>>,
     syslog: Option<SyslogSink>,
     webhook: Option<WebhookSink>,
+    otlp: Option<OtlpSink>,
     senders: Vec<JoinHandle<()>>,
     server: Option<JoinHandle<()>>,
     pub stats: Arc<OutputStats>,
@@ -107,19 +165,24 @@ impl Outputs {
             metrics: None,
             syslog: None,
             webhook: None,
+            otlp: None,
             senders: Vec::new(),
             server: None,
             stats: out_stats.clone(),
         };
-        if !config.metrics.listen.is_empty() {
+        // The record counts are kept when anything reads them: the
+        // endpoint, or OTLP's metrics.
+        let otlp_metrics = config.otlp.is_some_and(|o| o.metrics.is_some());
+        if !config.metrics.listen.is_empty() || otlp_metrics {
+            outputs.metrics = Some(Arc::new(Metrics::new(config.metrics, hooks)));
+        }
+        if let (false, Some(m)) = (config.metrics.listen.is_empty(), &outputs.metrics) {
             let listener = metrics::bind(&config.metrics.listen)
                 .await
                 .with_context(|| format!("metrics endpoint: binding {}", config.metrics.listen))?;
             let local = listener.local_addr().context("metrics endpoint: local address")?;
-            let m = Arc::new(Metrics::new(config.metrics, hooks));
-            let registry = Arc::new(m.registry(stats, out_stats.clone()));
+            let registry = Arc::new(m.registry(stats.clone(), out_stats.clone()));
             outputs.server = Some(tokio::spawn(metrics::serve(listener, registry)));
-            outputs.metrics = Some(m);
             info!("metrics: serving http://{local}/metrics");
         }
         let s = config.syslog;
@@ -135,10 +198,30 @@ impl Outputs {
             outputs.senders.push(task);
         }
         if !config.alerts.webhook_url.is_empty() {
-            let (sink, task) = WebhookSink::start(config.alerts, out_stats).map_err(anyhow::Error::msg)?;
+            let (sink, task) = WebhookSink::start(config.alerts, out_stats.clone()).map_err(anyhow::Error::msg)?;
             info!("alerts: POSTing openings and escalations to {}", config.alerts.webhook_url);
             outputs.webhook = Some(sink);
             outputs.senders.push(task);
+        }
+        if let Some(o) = config.otlp {
+            let source = outputs.metrics.clone().map(|m| (m, stats));
+            let (sink, tasks) = OtlpSink::start(o, source, out_stats);
+            if let Some(d) = &o.logs {
+                let what = match (o.failures, o.diagnoses) {
+                    (true, true) => "failures and diagnoses",
+                    (true, false) => "failures",
+                    _ => "diagnoses",
+                };
+                info!("otlp: sending {what} as logs to {} (from {})", d.uri, d.from);
+            }
+            if let Some(d) = &o.metrics {
+                info!("otlp: sending the counters every {:?} to {} (from {})", o.metrics_interval, d.uri, d.from);
+            }
+            for note in &o.notes {
+                warn!("otlp: {note}");
+            }
+            outputs.otlp = Some(sink);
+            outputs.senders.extend(tasks);
         }
         Ok(outputs)
     }
@@ -153,6 +236,9 @@ impl Outputs {
         if let Some(w) = &self.webhook {
             w.offer(record);
         }
+        if let Some(o) = &self.otlp {
+            o.offer(record);
+        }
     }
 
     /// Lets the senders deliver what is queued, for at most `grace`; the
@@ -160,12 +246,15 @@ impl Outputs {
     pub async fn shutdown(mut self, grace: Duration) {
         self.syslog = None;
         self.webhook = None;
+        self.otlp = None;
         let deadline = tokio::time::Instant::now() + grace;
         for task in self.senders.drain(..) {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 abort.abort();
-                warn!("outputs: undelivered syslog messages or alerts dropped at shutdown after {grace:?}");
+                warn!(
+                    "outputs: undelivered syslog messages, alerts or OTLP requests dropped at shutdown after {grace:?}"
+                );
             }
         }
         if let Some(server) = self.server.take() {

@@ -23,14 +23,12 @@ use std::{
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{header, Request, StatusCode, Uri};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
+    host_name,
+    http::{self, jitter, Client},
     outputs::{OutputStats, WarnLimiter},
     Record,
 };
@@ -67,10 +65,6 @@ impl WebhookSink {
             OutputStats::inc(&self.stats.alerts_dropped);
         }
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
 }
 
 /// At most `max` events in any `period`.
@@ -114,7 +108,7 @@ impl Suppressed {
 }
 
 struct Poster {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client,
     uri: Uri,
     host: String,
     timeout: Duration,
@@ -135,10 +129,8 @@ enum Attempt {
 
 impl Poster {
     fn new(cfg: &AlertsConfig, stats: Arc<OutputStats>, rate_period: Duration) -> Result<Poster, String> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(cfg.timeout_ms)));
         Ok(Poster {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: http::client(Duration::from_millis(cfg.timeout_ms)),
             uri: cfg.uri()?,
             host: host_name(),
             timeout: Duration::from_millis(cfg.timeout_ms),
@@ -244,7 +236,7 @@ impl Poster {
     async fn post(&mut self, body: Bytes, key: &str) -> Attempt {
         let req = Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, concat!("observer/", env!("CARGO_PKG_VERSION")))
+            .header(header::USER_AGENT, http::USER_AGENT)
             .header("Idempotency-Key", key)
             .body(Full::new(body));
         let req = match req {
@@ -266,12 +258,7 @@ impl Poster {
                 if status.is_success() {
                     Attempt::Delivered
                 } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                    let after = resp
-                        .headers()
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let after = http::retry_after(resp.headers(), SystemTime::now());
                     self.warn.warn(format_args!("POST {uri}: {status}; retrying"));
                     Attempt::Retry(after)
                 } else {
@@ -280,18 +267,6 @@ impl Poster {
             }
         }
     }
-}
-
-/// Up to a quarter less than `d`, so that hosts alerting the same
-/// receiver after an outage do not retry in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0)
-        ^ std::process::id();
-    let quarter = d.as_millis() as u64 / 4;
-    if quarter == 0 {
-        return d;
-    }
-    d.saturating_sub(Duration::from_millis(u64::from(seed) % quarter))
 }
 
 /// The diagnosis record plus `message` and `host.name`.
@@ -399,14 +374,5 @@ mod tests {
         assert_eq!(bodies[1]["suppressed"]["by_kind"]["no_listener"], 2);
         assert_eq!(OutputStats::get(&stats.alerts_rate_limited), 2);
         assert_eq!(OutputStats::get(&stats.alerts_sent), 2);
-    }
-
-    #[test]
-    fn jitter_stays_within_a_quarter() {
-        for ms in [0, 3, 100, 1000] {
-            let d = Duration::from_millis(ms);
-            let j = jitter(d);
-            assert!(j <= d && j >= d - d / 4, "{ms}: {j:?}");
-        }
     }
 }
