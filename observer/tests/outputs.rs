@@ -557,3 +557,135 @@ fn webhook_retries_a_5xx_with_backoff_and_delivers_on_the_third_try() {
     assert!(second >= Duration::from_millis(600) && second > first, "{first:?} then {second:?}");
     daemon.stop();
 }
+
+// ---------------------------------------------------------------- dashboard
+
+/// Metric and label names a PromQL expression uses.
+#[derive(Default)]
+struct Names {
+    /// (metric, labels of its selector's matchers)
+    selectors: Vec<(String, Vec<String>)>,
+    /// Labels of `by (...)` / `without (...)`.
+    grouping: Vec<String>,
+}
+
+impl promql_parser::util::ExprVisitor for Names {
+    type Error = String;
+
+    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, String> {
+        use promql_parser::parser::{AggregateExpr, Expr, LabelModifier, VectorSelector};
+        let mut selector = |vs: &VectorSelector| {
+            let name = vs.name.clone().ok_or_else(|| format!("a selector without a metric name: {vs}"))?;
+            let labels = vs.matchers.matchers.iter().map(|m| m.name.clone()).filter(|l| l != "__name__").collect();
+            self.selectors.push((name, labels));
+            Ok::<_, String>(())
+        };
+        match expr {
+            Expr::VectorSelector(vs) => selector(vs)?,
+            Expr::MatrixSelector(m) => selector(&m.vs)?,
+            Expr::Aggregate(AggregateExpr {
+                modifier: Some(LabelModifier::Include(l) | LabelModifier::Exclude(l)),
+                ..
+            }) => self.grouping.extend(l.labels.iter().cloned()),
+            _ => {}
+        }
+        Ok(true)
+    }
+}
+
+/// Every PromQL query of a Grafana dashboard: the panels' `expr`s and the
+/// template variables' `label_values(...)` queries.
+fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    ("query", serde_json::Value::String(q)) if q.starts_with("label_values(") => {
+                        // label_values(METRIC, LABEL): the metric is the query.
+                        let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
+                        out.push(inner.split(',').next().unwrap().trim().to_owned());
+                    }
+                    _ => dashboard_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| dashboard_queries(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
+    let port = free_tcp_port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with(&[], Some(&format!("[metrics]\nlisten = \"{addr}\"\n")));
+    // A failure and a diagnosis, so that the labelled families have series.
+    let ns = Netns::new("dashboard");
+    refuse(&ns, 47914, 3, Duration::from_millis(20));
+    let body = wait_for("a failure and a diagnosis in /metrics", Duration::from_secs(15), || {
+        let body = http_get(&addr, "/metrics").2;
+        let scrape = parse_exposition(&body);
+        let opened = value(&scrape, "observer_diagnoses_total", &[("kind", "no_listener"), ("status", "open")]);
+        (opened >= Some(1.0)).then_some(body)
+    });
+    daemon.stop();
+    // What a Prometheus scraping this endpoint has: every declared family
+    // (counters with `_total`), with the labels of its samples, plus the
+    // target labels Prometheus adds itself.
+    let scrape = parse_exposition(&body);
+    let mut exported: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
+    for line in body.lines() {
+        if let Some((name, kind)) = line.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            let series = if kind == "counter" { format!("{name}_total") } else { name.to_owned() };
+            exported.entry(series).or_default().extend(["instance".to_owned(), "job".to_owned()]);
+        }
+    }
+    for s in &scrape.samples {
+        exported.entry(s.metric.clone()).or_default().extend(s.labels.keys().map(|k| (*k).to_owned()));
+    }
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard, &mut queries);
+    assert!(queries.len() >= 10, "{queries:?}");
+    let mut used = std::collections::BTreeSet::new();
+    for q in &queries {
+        // Grafana's variables, as Grafana substitutes them.
+        let promql = q
+            .replace("$__rate_interval", "5m")
+            .replace("$__interval", "1m")
+            .replace("$__range", "6h")
+            .replace("${instance}", ".*")
+            .replace("$instance", ".*");
+        let expr = promql_parser::parser::parse(&promql).unwrap_or_else(|e| panic!("{q}: not PromQL: {e}"));
+        let mut names = Names::default();
+        promql_parser::util::walk_expr(&mut names, &expr).unwrap_or_else(|e| panic!("{q}: {e}"));
+        assert!(!names.selectors.is_empty(), "{q}: names no metric");
+        for (metric, labels) in &names.selectors {
+            let known = exported.get(metric).unwrap_or_else(|| panic!("{q}: {metric} is not exported:\n{body}"));
+            for l in labels.iter().chain(&names.grouping) {
+                assert!(known.contains(l), "{q}: {metric} has no label {l} (it has {known:?})");
+            }
+            used.insert(metric.clone());
+        }
+    }
+    // The panels the dashboard promises.
+    for metric in [
+        "observer_failures_total",
+        "observer_diagnoses_total",
+        "observer_diagnoses_open",
+        "observer_hook_up",
+        "observer_kernel_ringbuf_full_total",
+        "observer_kernel_counter_map_full_total",
+        "observer_kernel_read_failed_total",
+        "observer_history_dropped_total",
+        "observer_write_errors_total",
+        "observer_syslog_dropped_total",
+        "observer_alerts_dropped_total",
+        "observer_otlp_dropped_total",
+    ] {
+        assert!(used.contains(metric), "no panel shows {metric}");
+    }
+}
