@@ -12,13 +12,12 @@ mod common;
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    net::TcpListener,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use common::{connect_from, sa, Daemon, Netns};
+use common::{free_tcp_port, http_get, refuse, wait_for, Daemon, Netns};
 use http_body_util::{BodyExt as _, Full};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::rt::TokioIo;
@@ -29,32 +28,6 @@ use opentelemetry_proto::tonic::{
     metrics::v1::{metric::Data, number_data_point, AggregationTemporality, Metric},
 };
 use prost::Message as _;
-
-/// Connections to a closed port inside `ns`, `n` of them, `every` apart.
-fn refuse(ns: &Netns, port: u16, n: usize, every: Duration) {
-    ns.run(move || {
-        for _ in 0..n {
-            let r = connect_from(sa("127.0.0.1", 0), sa("127.0.0.1", port), Duration::from_secs(2));
-            assert_eq!(r.err().map(|e| e.kind()), Some(std::io::ErrorKind::ConnectionRefused));
-            std::thread::sleep(every);
-        }
-    });
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 // ---------------------------------------------------------------- the receiver
 
@@ -284,7 +257,8 @@ fn failures_and_diagnoses_arrive_as_log_records_and_the_counters_as_metrics() {
             let failures = ours(&got, netns, "observer.failure").iter().any(|(_, l)| is(l, "event.action", "refused"));
             let diagnoses =
                 ours(&got, netns, "observer.diagnosis").iter().any(|(_, l)| is(l, "diagnosis.kind", "no_listener"));
-            let counted = point(&got, "observer_failures", &refused).is_some_and(|(v, _)| v == 3);
+            let counted = point(&got, "observer_failures", &refused).is_some_and(|(v, _)| v == 3)
+                && point(&got, "observer_diagnoses", &[("kind", "no_listener"), ("status", "open")]).is_some();
             (failures && diagnoses && counted).then_some(got)
         });
 
@@ -363,7 +337,7 @@ fn a_503_with_retry_after_gets_the_batch_retried() {
     let has_ours = move |r: &Received, netns: u32| {
         r.logs().iter().any(|l| int(&l.attributes, "observer.netns") == Some(i64::from(netns)))
     };
-    let check = has_ours.clone();
+    let check = has_ours;
     let receiver = Receiver::start(move |req, before| {
         let netns = *cell.lock().unwrap();
         if netns != 0 && check(req, netns) && !before.iter().any(|r| check(r, netns)) {
@@ -417,20 +391,12 @@ fn a_dead_receiver_only_costs_counted_losses() {
     let started = Instant::now();
     refuse(&ns, 47923, 20, Duration::ZERO);
     assert!(started.elapsed() < Duration::from_secs(5), "the failures were not held up");
-    wait_for("20 refusals in the log", Duration::from_secs(10), || {
-        let n: u64 = daemon
-            .events()
-            .iter()
-            .filter(|e| e.observer.netns == netns && e.event.action.as_str() == "refused")
-            .map(|e| e.event.count)
-            .sum();
-        (n == 20).then_some(())
-    });
+    wait_for("20 refusals in the log", Duration::from_secs(10), || (daemon.refused_in(netns) == 20).then_some(()));
     let counter = |body: &str, name: &str| -> u64 {
         body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or(0)
     };
     let body = wait_for("losses counted on /metrics", Duration::from_secs(10), || {
-        let body = http_get(&metrics);
+        let body = http_get(&metrics, "/metrics").2;
         let lost = ["observer_otlp_dropped_total", "observer_otlp_failed_total", "observer_otlp_metrics_failed_total"];
         lost.iter().all(|name| counter(&body, name) > 0).then_some(body)
     });
@@ -478,14 +444,4 @@ fn a_grpc_protocol_in_the_environment_stops_the_start_with_its_reason() {
         stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL = grpc: observer sends OTLP over http/protobuf only"),
         "{stderr}"
     );
-}
-
-fn http_get(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
 }

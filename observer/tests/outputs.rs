@@ -17,36 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{connect_from, sa, Daemon, Netns};
-
-/// Connections to a closed port inside `ns`, `n` of them, `every` apart.
-fn refuse(ns: &Netns, port: u16, n: usize, every: Duration) {
-    ns.run(move || {
-        for _ in 0..n {
-            let r = connect_from(sa("127.0.0.1", 0), sa("127.0.0.1", port), Duration::from_secs(2));
-            assert_eq!(r.err().map(|e| e.kind()), Some(std::io::ErrorKind::ConnectionRefused));
-            std::thread::sleep(every);
-        }
-    });
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{free_tcp_port, http_get, refuse, wait_for, Daemon, Netns};
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 // ---------------------------------------------------------------- syslog
@@ -241,36 +215,13 @@ fn an_unreachable_syslog_receiver_does_not_hold_up_the_log() {
     let ns = Netns::new("syslogdown");
     refuse(&ns, 8082, 20, Duration::ZERO);
     let netns = ns.inode();
-    wait_for("20 refusals in the log", Duration::from_secs(10), || {
-        let n: u64 = daemon
-            .events()
-            .iter()
-            .filter(|e| e.observer.netns == netns && e.event.action.as_str() == "refused")
-            .map(|e| e.event.count)
-            .sum();
-        (n == 20).then_some(())
-    });
+    wait_for("20 refusals in the log", Duration::from_secs(10), || (daemon.refused_in(netns) == 20).then_some(()));
     let (stderr, _) = daemon.stop();
     assert!(stderr.contains("syslog: connecting to 127.0.0.1:"), "one rate-limited warning expected:\n{stderr}");
     assert_eq!(stderr.matches("syslog: connecting").count(), 1, "{stderr}");
 }
 
 // ---------------------------------------------------------------- metrics
-
-fn http_get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let ctype = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
-        .unwrap_or_default();
-    (status, ctype, body.to_owned())
-}
 
 /// Every line is a HELP/TYPE/UNIT comment, a sample of a declared family,
 /// or the final `# EOF`; then prometheus-parse reads the samples.

@@ -234,22 +234,6 @@ fn health(stats: &Stats, outputs: &OutputStats) -> Vec<Family> {
         counter_poll_errors,
         ..
     } = stats;
-    let OutputStats {
-        syslog_sent,
-        syslog_dropped,
-        syslog_errors,
-        alerts_sent,
-        alerts_failed,
-        alerts_retries,
-        alerts_rate_limited,
-        alerts_dropped,
-        otlp_sent,
-        otlp_dropped,
-        otlp_failed,
-        otlp_retries,
-        otlp_metrics_sent,
-        otlp_metrics_failed,
-    } = outputs;
     let counters = [
         ("observer_records_read", "Records read from the kernel ring buffer", records),
         ("observer_decode_errors", "Ring buffer records rejected as malformed", decode_errors),
@@ -296,29 +280,12 @@ fn health(stats: &Stats, outputs: &OutputStats) -> Vec<Family> {
             counter_keys_evicted,
         ),
         ("observer_counter_poll_errors", "Failed reads of the kernel's counter or loss maps", counter_poll_errors),
-        ("observer_syslog_sent", "Syslog messages sent", syslog_sent),
-        ("observer_syslog_dropped", "Records not sent to syslog because its queue was full", syslog_dropped),
-        ("observer_syslog_errors", "Syslog send or connect failures", syslog_errors),
-        ("observer_alerts_sent", "Webhook alerts delivered (2xx)", alerts_sent),
-        ("observer_alerts_failed", "Webhook alerts given up after retries or refused (4xx)", alerts_failed),
-        ("observer_alerts_retries", "Webhook delivery attempts that were retried", alerts_retries),
-        ("observer_alerts_rate_limited", "Alerts suppressed by the rate limit (summarized)", alerts_rate_limited),
-        ("observer_alerts_dropped", "Alerts not queued because the webhook queue was full", alerts_dropped),
-        ("observer_otlp_sent", "Log records the OTLP endpoint accepted", otlp_sent),
-        ("observer_otlp_dropped", "Records not sent over OTLP because its queue was full", otlp_dropped),
-        (
-            "observer_otlp_failed",
-            "Log records lost on the way to the OTLP endpoint (given up after retries, refused, or rejected)",
-            otlp_failed,
-        ),
-        ("observer_otlp_retries", "OTLP requests (logs or metrics) that were retried", otlp_retries),
-        ("observer_otlp_metrics_sent", "OTLP metric exports the endpoint accepted", otlp_metrics_sent),
-        ("observer_otlp_metrics_failed", "OTLP metric exports given up or refused", otlp_metrics_failed),
     ];
     let lost = Stats::get(kernel_counter_map_full) + Stats::get(kernel_read_failed) + Stats::get(kernel_hook_misses);
     counters
         .into_iter()
         .map(|(name, help, v)| (name, help, Stats::get(v)))
+        .chain(outputs.counters().into_iter().map(|(_, name, help, v)| (name, help, v)))
         .chain([(
             "observer_events_lost",
             "Failure occurrences in no count (kernel map full, kernel read failed, hook skipped)",
@@ -462,19 +429,7 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Direction, Endpoint, FailureEvent};
-
-    fn failure(port: u16, count: u64) -> Record {
-        Record::Failure(FailureEvent::new(
-            humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
-            observer_common::Action::Refused,
-            count,
-            1,
-            Direction::Inbound,
-            Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 },
-            Endpoint { ip: "10.0.0.2".parse().unwrap(), port },
-        ))
-    }
+    use crate::sink::fixtures::failure;
 
     fn scrape(m: &Arc<Metrics>) -> String {
         let r = m.registry(Arc::new(Stats::default()), Arc::new(OutputStats::default()));
@@ -525,20 +480,7 @@ mod tests {
     }
 
     fn diagnosis(id: &str, status: &str) -> Record {
-        let v = serde_json::json!({
-            "@timestamp": "2026-01-01T00:00:00Z",
-            "event": { "dataset": "observer.diagnosis", "kind": "alert", "category": ["network"] },
-            "diagnosis": {
-                "kind": "syn_flood", "id": id, "status": status, "summary": "s",
-                "advice": [], "evidence": { "actions": {}, "sample_clients": [] },
-                "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z",
-                "count": 3, "clients": 1
-            },
-            "destination": { "ip": "127.0.0.1", "port": 80 },
-            "network": { "transport": "tcp", "type": "ipv4" },
-            "observer": { "netns": 1, "direction": "inbound" }
-        });
-        Record::Diagnosis(Box::new(serde_json::from_value(v).unwrap()))
+        Record::Diagnosis(crate::sink::fixtures::diagnosis("syn_flood", id, status))
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Sinks: where events and diagnoses leave the daemon.
 
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod metrics;
 pub mod ndjson;

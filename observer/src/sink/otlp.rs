@@ -528,20 +528,9 @@ fn detail(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Direction, Endpoint, FailureEvent};
 
     fn failure() -> Record {
-        let mut e = FailureEvent::new(
-            humantime::parse_rfc3339("2026-01-01T00:00:00.000001Z").unwrap(),
-            observer_common::Action::Refused,
-            3,
-            4026532177,
-            Direction::Inbound,
-            Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 },
-            Endpoint { ip: "10.0.0.2".parse().unwrap(), port: 8080 },
-        );
-        e.observer.reason = Some("NO_SOCKET".into());
-        Record::Failure(e)
+        crate::sink::fixtures::failure(8080, 3)
     }
 
     fn attr<'a>(l: &'a LogRecord, key: &str) -> Option<&'a any_value::Value> {
@@ -573,22 +562,7 @@ mod tests {
 
     #[test]
     fn severities_follow_the_diagnosis_status() {
-        let d = |status: &str| {
-            let v = serde_json::json!({
-                "@timestamp": "2026-01-01T00:00:00Z",
-                "event": { "dataset": "observer.diagnosis", "kind": "alert", "category": ["network"] },
-                "diagnosis": {
-                    "kind": "no_listener", "id": "a", "status": status, "summary": "s",
-                    "advice": [], "evidence": { "actions": {"refused": 3}, "sample_clients": [] },
-                    "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z",
-                    "count": 3, "clients": 1
-                },
-                "destination": { "ip": "127.0.0.1", "port": 80 },
-                "network": { "transport": "tcp", "type": "ipv4" },
-                "observer": { "netns": 1, "direction": "inbound" }
-            });
-            Record::Diagnosis(Box::new(serde_json::from_value(v).unwrap()))
-        };
+        let d = |status: &str| Record::Diagnosis(crate::sink::fixtures::diagnosis("no_listener", "a", status));
         for (status, sev) in [
             ("open", SeverityNumber::Warn),
             ("ongoing", SeverityNumber::Warn),

@@ -74,8 +74,9 @@ impl OutputStats {
         counter.load(Ordering::Relaxed)
     }
 
-    /// Every counter by its field name (the health file).
-    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+    /// Every counter: its field name (the status file's key), its metric
+    /// name and help, and its value. One list for both readers.
+    pub fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 14] {
         // Without `..`: a counter added above and not listed here does not compile.
         let OutputStats {
             syslog_sent,
@@ -94,24 +95,77 @@ impl OutputStats {
             otlp_metrics_failed,
         } = self;
         [
-            ("syslog_sent", syslog_sent),
-            ("syslog_dropped", syslog_dropped),
-            ("syslog_errors", syslog_errors),
-            ("alerts_sent", alerts_sent),
-            ("alerts_failed", alerts_failed),
-            ("alerts_retries", alerts_retries),
-            ("alerts_rate_limited", alerts_rate_limited),
-            ("alerts_dropped", alerts_dropped),
-            ("otlp_sent", otlp_sent),
-            ("otlp_dropped", otlp_dropped),
-            ("otlp_failed", otlp_failed),
-            ("otlp_retries", otlp_retries),
-            ("otlp_metrics_sent", otlp_metrics_sent),
-            ("otlp_metrics_failed", otlp_metrics_failed),
+            ("syslog_sent", "observer_syslog_sent", "Syslog messages sent", syslog_sent),
+            (
+                "syslog_dropped",
+                "observer_syslog_dropped",
+                "Records not sent to syslog because its queue was full",
+                syslog_dropped,
+            ),
+            ("syslog_errors", "observer_syslog_errors", "Syslog send or connect failures", syslog_errors),
+            ("alerts_sent", "observer_alerts_sent", "Webhook alerts delivered (2xx)", alerts_sent),
+            (
+                "alerts_failed",
+                "observer_alerts_failed",
+                "Webhook alerts given up after retries or refused (4xx)",
+                alerts_failed,
+            ),
+            (
+                "alerts_retries",
+                "observer_alerts_retries",
+                "Webhook delivery attempts that were retried",
+                alerts_retries,
+            ),
+            (
+                "alerts_rate_limited",
+                "observer_alerts_rate_limited",
+                "Alerts suppressed by the rate limit (summarized)",
+                alerts_rate_limited,
+            ),
+            (
+                "alerts_dropped",
+                "observer_alerts_dropped",
+                "Alerts not queued because the webhook queue was full",
+                alerts_dropped,
+            ),
+            ("otlp_sent", "observer_otlp_sent", "Log records the OTLP endpoint accepted", otlp_sent),
+            (
+                "otlp_dropped",
+                "observer_otlp_dropped",
+                "Records not sent over OTLP because its queue was full",
+                otlp_dropped,
+            ),
+            (
+                "otlp_failed",
+                "observer_otlp_failed",
+                "Log records lost on the way to the OTLP endpoint (given up after retries, refused, or rejected)",
+                otlp_failed,
+            ),
+            (
+                "otlp_retries",
+                "observer_otlp_retries",
+                "OTLP requests (logs or metrics) that were retried",
+                otlp_retries,
+            ),
+            (
+                "otlp_metrics_sent",
+                "observer_otlp_metrics_sent",
+                "OTLP metric exports the endpoint accepted",
+                otlp_metrics_sent,
+            ),
+            (
+                "otlp_metrics_failed",
+                "observer_otlp_metrics_failed",
+                "OTLP metric exports given up or refused",
+                otlp_metrics_failed,
+            ),
         ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), OutputStats::get(v)))
-        .collect()
+        .map(|(field, name, help, v)| (field, name, help, OutputStats::get(v)))
+    }
+
+    /// Every counter by its field name (the status file).
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counters().into_iter().map(|(field, _, _, v)| (field.to_owned(), v)).collect()
     }
 }
 

@@ -303,20 +303,7 @@ mod tests {
     }
 
     fn diagnosis(id: &str) -> Box<DiagnosisRecord> {
-        let v = json!({
-            "@timestamp": "2026-01-01T00:00:00Z",
-            "event": { "dataset": "observer.diagnosis", "kind": "alert", "category": ["network"] },
-            "diagnosis": {
-                "kind": "no_listener", "id": id, "status": "open", "summary": "nothing listens",
-                "advice": [], "evidence": { "actions": {}, "sample_clients": [] },
-                "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z",
-                "count": 3, "clients": 1
-            },
-            "destination": { "ip": "127.0.0.1", "port": 8080 },
-            "network": { "transport": "tcp", "type": "ipv4" },
-            "observer": { "netns": 1, "direction": "inbound" }
-        });
-        Box::new(serde_json::from_value(v).unwrap())
+        crate::sink::fixtures::diagnosis("no_listener", id, "open")
     }
 
     /// Answers 200 to every POST and keeps the bodies.
