@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::{
     capture::Capture,
-    config::Config,
+    config::{Config, OtlpEnv},
     counters::{CounterStage, KernelCounters},
     decode::{Clock, Decoder},
     diagnose::{record::DiagnosisRecord, Batch, Diagnoser},
@@ -41,7 +41,7 @@ use crate::{
     privilege,
     sink::{
         ndjson::{NdjsonSink, Policy},
-        outputs::{Outputs, Sections, WarnLimiter},
+        outputs::{OutputStats, Outputs, Sections, WarnLimiter},
         Record,
     },
     stats::Stats,
@@ -126,9 +126,23 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     };
     let log = NdjsonSink::with_policy(&config.daemon.json_log, policy)
         .with_context(|| format!("opening the JSON log {}", config.daemon.json_log.display()))?;
-    let sections =
-        Sections { syslog: &config.syslog, metrics: &config.metrics, alerts: &config.alerts, email: &config.email };
+    // The OpenTelemetry variables are read here, once, and resolved with
+    // [otlp] into the exporter's settings: the sink sees one section.
+    let otlp = if config.otlp.enabled {
+        let env = OtlpEnv::from_lookup(|name| std::env::var(name).ok());
+        Some(config.otlp.resolve(&env).map_err(|e| anyhow!("otlp: {e}"))?)
+    } else {
+        None
+    };
+    let sections = Sections {
+        syslog: &config.syslog,
+        metrics: &config.metrics,
+        alerts: &config.alerts,
+        email: &config.email,
+        otlp: otlp.as_ref(),
+    };
     let outputs = Outputs::start(sections, stats.clone(), &statuses).await.context("starting the outputs")?;
+    let output_stats = outputs.stats.clone();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tx, events) = mpsc::channel::<FailureEvent>(4096);
@@ -167,7 +181,8 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
             None
         }
     };
-    let health_task = health_writer.clone().map(|w| tokio::spawn(report_health(w, stats.clone())));
+    let health_task =
+        health_writer.clone().map(|w| tokio::spawn(report_health(w, stats.clone(), output_stats.clone())));
 
     // Readiness line: tests and service managers wait for it.
     info!("ready: {attached} of {} hooks attached; JSON log {}", statuses.len(), config.daemon.json_log.display());
@@ -204,7 +219,7 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     if let (Some(task), Some(w)) = (health_task, health_writer) {
         // The final counts, with the start time the status has carried.
         task.abort();
-        let _ = w.write(&stats);
+        let _ = w.write(&stats, &output_stats.snapshot());
     }
     info!(
         "stopped: {} records, {} decode errors, {} write errors; {} occurrences in {} reconciliation records; \
@@ -342,12 +357,12 @@ async fn sink(
 }
 
 /// Rewrites the health file every few seconds; says once if it cannot.
-async fn report_health(writer: Arc<health::Writer>, stats: Arc<Stats>) {
+async fn report_health(writer: Arc<health::Writer>, stats: Arc<Stats>, outputs: Arc<OutputStats>) {
     let mut tick = tokio::time::interval(health::EVERY);
     let mut warned = false;
     loop {
         tick.tick().await;
-        if let Err(e) = writer.write(&stats) {
+        if let Err(e) = writer.write(&stats, &outputs.snapshot()) {
             if !std::mem::replace(&mut warned, true) {
                 warn!("writing {}: {e}; `observer doctor` will not see this daemon's losses", writer.path().display());
             }

@@ -32,6 +32,10 @@ pub struct Status {
     pub updated: String,
     /// The daemon's counters (`Stats`), by field name.
     pub counters: BTreeMap<String, u64>,
+    /// The outputs' counters (syslog, alerts, OTLP), by field name; absent
+    /// in the files of older daemons.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, u64>,
     pub last_errors: BTreeMap<Output, String>,
 }
 
@@ -61,6 +65,23 @@ pub fn losses(status: &Status) -> Vec<String> {
             "{} records were dropped from the history (more than history.pending_max waited for the disk)",
             n("history_dropped")
         ));
+    }
+    let o = |k: &str| status.outputs.get(k).copied().unwrap_or(0);
+    for (key, what) in [
+        ("syslog_dropped", "records were not sent to syslog: its queue was full (syslog.queue)"),
+        ("alerts_dropped", "alerts were not queued: the webhook queue was full (alerts.queue)"),
+        ("alerts_failed", "alerts could not be delivered (given up after retries, or refused)"),
+        ("otlp_dropped", "records were not sent over OTLP: its queue was full (otlp.queue)"),
+        (
+            "otlp_failed",
+            "log records could not be delivered to the OTLP endpoint (given up after retries, refused or \
+             rejected)",
+        ),
+        ("otlp_metrics_failed", "exports of the counters to the OTLP endpoint were given up or refused"),
+    ] {
+        if o(key) > 0 {
+            lines.push(format!("{} {what}", o(key)));
+        }
     }
     for (key, what) in [
         ("kernel_counter_map_full", "occurrences were not counted: the counter map was full (capture.counter_entries)"),
@@ -94,12 +115,14 @@ impl Writer {
         &self.path
     }
 
-    pub fn write(&self, stats: &Stats) -> std::io::Result<()> {
+    /// `outputs`: the outputs' counters by name (`OutputStats::snapshot`).
+    pub fn write(&self, stats: &Stats, outputs: &BTreeMap<String, u64>) -> std::io::Result<()> {
         let status = Status {
             pid: std::process::id(),
             started: self.started.clone(),
             updated: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             counters: stats.snapshot(),
+            outputs: outputs.clone(),
             last_errors: stats.last_errors.snapshot(),
         };
         let text = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
@@ -128,14 +151,15 @@ mod tests {
         let stats = Stats::default();
         Stats::inc(&stats.write_errors);
         stats.last_errors.set(Output::JsonLog, &"No space left on device (os error 28)");
-        w.write(&stats).unwrap();
+        w.write(&stats, &BTreeMap::from([("otlp_dropped".to_owned(), 7), ("otlp_sent".to_owned(), 3)])).unwrap();
         let (status, running) = read(dir.path()).unwrap();
         assert!(running, "this process wrote it");
         let lines = losses(&status);
-        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(
             lines[0].starts_with("1 records could not be written to the JSON log; last: No space left"),
             "{lines:?}"
         );
+        assert!(lines[1].starts_with("7 records were not sent over OTLP: its queue was full"), "{lines:?}");
     }
 }

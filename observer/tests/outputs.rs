@@ -17,36 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{connect_from, sa, Daemon, Netns};
-
-/// Connections to a closed port inside `ns`, `n` of them, `every` apart.
-fn refuse(ns: &Netns, port: u16, n: usize, every: Duration) {
-    ns.run(move || {
-        for _ in 0..n {
-            let r = connect_from(sa("127.0.0.1", 0), sa("127.0.0.1", port), Duration::from_secs(2));
-            assert_eq!(r.err().map(|e| e.kind()), Some(std::io::ErrorKind::ConnectionRefused));
-            std::thread::sleep(every);
-        }
-    });
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{free_tcp_port, http_get, refuse, wait_for, Daemon, Netns};
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 // ---------------------------------------------------------------- syslog
@@ -241,36 +215,13 @@ fn an_unreachable_syslog_receiver_does_not_hold_up_the_log() {
     let ns = Netns::new("syslogdown");
     refuse(&ns, 8082, 20, Duration::ZERO);
     let netns = ns.inode();
-    wait_for("20 refusals in the log", Duration::from_secs(10), || {
-        let n: u64 = daemon
-            .events()
-            .iter()
-            .filter(|e| e.observer.netns == netns && e.event.action.as_str() == "refused")
-            .map(|e| e.event.count)
-            .sum();
-        (n == 20).then_some(())
-    });
+    wait_for("20 refusals in the log", Duration::from_secs(10), || (daemon.refused_in(netns) == 20).then_some(()));
     let (stderr, _) = daemon.stop();
     assert!(stderr.contains("syslog: connecting to 127.0.0.1:"), "one rate-limited warning expected:\n{stderr}");
     assert_eq!(stderr.matches("syslog: connecting").count(), 1, "{stderr}");
 }
 
 // ---------------------------------------------------------------- metrics
-
-fn http_get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let ctype = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
-        .unwrap_or_default();
-    (status, ctype, body.to_owned())
-}
 
 /// Every line is a HELP/TYPE/UNIT comment, a sample of a declared family,
 /// or the final `# EOF`; then prometheus-parse reads the samples.
@@ -556,6 +507,138 @@ fn webhook_retries_a_5xx_with_backoff_and_delivers_on_the_third_try() {
     assert!(first >= Duration::from_millis(300), "{first:?}");
     assert!(second >= Duration::from_millis(600) && second > first, "{first:?} then {second:?}");
     daemon.stop();
+}
+
+// ---------------------------------------------------------------- dashboard
+
+/// Metric and label names a PromQL expression uses.
+#[derive(Default)]
+struct Names {
+    /// (metric, labels of its selector's matchers)
+    selectors: Vec<(String, Vec<String>)>,
+    /// Labels of `by (...)` / `without (...)`.
+    grouping: Vec<String>,
+}
+
+impl promql_parser::util::ExprVisitor for Names {
+    type Error = String;
+
+    fn pre_visit(&mut self, expr: &promql_parser::parser::Expr) -> Result<bool, String> {
+        use promql_parser::parser::{AggregateExpr, Expr, LabelModifier, VectorSelector};
+        let mut selector = |vs: &VectorSelector| {
+            let name = vs.name.clone().ok_or_else(|| format!("a selector without a metric name: {vs}"))?;
+            let labels = vs.matchers.matchers.iter().map(|m| m.name.clone()).filter(|l| l != "__name__").collect();
+            self.selectors.push((name, labels));
+            Ok::<_, String>(())
+        };
+        match expr {
+            Expr::VectorSelector(vs) => selector(vs)?,
+            Expr::MatrixSelector(m) => selector(&m.vs)?,
+            Expr::Aggregate(AggregateExpr {
+                modifier: Some(LabelModifier::Include(l) | LabelModifier::Exclude(l)),
+                ..
+            }) => self.grouping.extend(l.labels.iter().cloned()),
+            _ => {}
+        }
+        Ok(true)
+    }
+}
+
+/// Every PromQL query of a Grafana dashboard: the panels' `expr`s and the
+/// template variables' `label_values(...)` queries.
+fn dashboard_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    ("query", serde_json::Value::String(q)) if q.starts_with("label_values(") => {
+                        // label_values(METRIC, LABEL): the metric is the query.
+                        let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
+                        out.push(inner.split(',').next().unwrap().trim().to_owned());
+                    }
+                    _ => dashboard_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| dashboard_queries(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_daemon_exports() {
+    let port = free_tcp_port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start_with(&[], Some(&format!("[metrics]\nlisten = \"{addr}\"\n")));
+    // A failure and a diagnosis, so that the labelled families have series.
+    let ns = Netns::new("dashboard");
+    refuse(&ns, 47914, 3, Duration::from_millis(20));
+    let body = wait_for("a failure and a diagnosis in /metrics", Duration::from_secs(15), || {
+        let body = http_get(&addr, "/metrics").2;
+        let scrape = parse_exposition(&body);
+        let opened = value(&scrape, "observer_diagnoses_total", &[("kind", "no_listener"), ("status", "open")]);
+        (opened >= Some(1.0)).then_some(body)
+    });
+    daemon.stop();
+    // What a Prometheus scraping this endpoint has: every declared family
+    // (counters with `_total`), with the labels of its samples, plus the
+    // target labels Prometheus adds itself.
+    let scrape = parse_exposition(&body);
+    let mut exported: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
+    for line in body.lines() {
+        if let Some((name, kind)) = line.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            let series = if kind == "counter" { format!("{name}_total") } else { name.to_owned() };
+            exported.entry(series).or_default().extend(["instance".to_owned(), "job".to_owned()]);
+        }
+    }
+    for s in &scrape.samples {
+        exported.entry(s.metric.clone()).or_default().extend(s.labels.keys().map(|k| (*k).to_owned()));
+    }
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/grafana-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard, &mut queries);
+    assert!(queries.len() >= 10, "{queries:?}");
+    let mut used = std::collections::BTreeSet::new();
+    for q in &queries {
+        // Grafana's variables, as Grafana substitutes them.
+        let promql = q
+            .replace("$__rate_interval", "5m")
+            .replace("$__interval", "1m")
+            .replace("$__range", "6h")
+            .replace("${instance}", ".*")
+            .replace("$instance", ".*");
+        let expr = promql_parser::parser::parse(&promql).unwrap_or_else(|e| panic!("{q}: not PromQL: {e}"));
+        let mut names = Names::default();
+        promql_parser::util::walk_expr(&mut names, &expr).unwrap_or_else(|e| panic!("{q}: {e}"));
+        assert!(!names.selectors.is_empty(), "{q}: names no metric");
+        for (metric, labels) in &names.selectors {
+            let known = exported.get(metric).unwrap_or_else(|| panic!("{q}: {metric} is not exported:\n{body}"));
+            for l in labels.iter().chain(&names.grouping) {
+                assert!(known.contains(l), "{q}: {metric} has no label {l} (it has {known:?})");
+            }
+            used.insert(metric.clone());
+        }
+    }
+    // The panels the dashboard promises.
+    for metric in [
+        "observer_failures_total",
+        "observer_diagnoses_total",
+        "observer_diagnoses_open",
+        "observer_hook_up",
+        "observer_kernel_ringbuf_full_total",
+        "observer_kernel_counter_map_full_total",
+        "observer_kernel_read_failed_total",
+        "observer_history_dropped_total",
+        "observer_write_errors_total",
+        "observer_syslog_dropped_total",
+        "observer_alerts_dropped_total",
+        "observer_otlp_dropped_total",
+    ] {
+        assert!(used.contains(metric), "no panel shows {metric}");
+    }
 }
 
 // ---------------------------------------------------------------- slack

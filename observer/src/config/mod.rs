@@ -9,6 +9,7 @@
 //! `capture.disable_hooks` is kept as the names written, and the hooks
 //! module turns them into hooks (`kernel::hook::parse_disabled`).
 
+mod otlp;
 mod sinks;
 mod template;
 
@@ -18,9 +19,12 @@ use documented::DocumentedFields;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use self::sinks::{
-    AlertStatus, AlertsConfig, EmailConfig, Facility, MetricsConfig, SmtpTls, StartTls, SyslogConfig, Transport,
-    WebhookFormat,
+pub use self::{
+    otlp::{Destination, OtlpConfig, OtlpEnv, OtlpSettings, Signal},
+    sinks::{
+        AlertStatus, AlertsConfig, EmailConfig, Facility, MetricsConfig, SmtpTls, StartTls, SyslogConfig, Transport,
+        WebhookFormat,
+    },
 };
 
 #[derive(Debug, Error)]
@@ -70,6 +74,14 @@ pub struct Config {
     /// message per opening and escalation (or the statuses chosen), plain text
     /// with an HTML alternative, with the same retries and rate limit as the webhook.
     pub email: EmailConfig,
+    /// OpenTelemetry: the records as OTLP log records, the counters as OTLP
+    /// metrics, over HTTP with protobuf (POST /v1/logs and /v1/metrics) to a
+    /// Collector. Keys left unset here are taken from the standard variables
+    /// (OTEL_EXPORTER_OTLP_ENDPOINT, _HEADERS, _TIMEOUT and their _LOGS_/_METRICS_
+    /// forms, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
+    /// OTEL_METRIC_EXPORT_INTERVAL): a key set in this file wins over the
+    /// environment, the environment over the defaults.
+    pub otlp: OtlpConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, DocumentedFields)]
@@ -377,7 +389,8 @@ impl Config {
         self.syslog.validate()?;
         self.metrics.validate()?;
         self.alerts.validate()?;
-        self.email.validate()
+        self.email.validate()?;
+        self.otlp.validate()
     }
 }
 

@@ -27,7 +27,7 @@ impl Config {
                 $( write_section(&mut out, stringify!($section), &$section)?; )*
             }};
         }
-        sections!(daemon, history, capture, diagnosis, enrich, kernel, syslog, metrics, alerts, email);
+        sections!(daemon, history, capture, diagnosis, enrich, kernel, syslog, metrics, alerts, email, otlp);
         Ok(out)
     }
 }

@@ -45,8 +45,8 @@ use tokio::sync::mpsc;
 
 use super::{
     delivery::{self, endpoint, verb, Attempt, Backoff, Channel, Counters, RateLimit, Suppressed},
+    host_name,
     outputs::{OutputStats, WarnLimiter},
-    webhook::host_name,
     Record,
 };
 use crate::{

@@ -12,7 +12,7 @@
 //! and `hook` are closed sets.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
     sync::{Arc, Mutex},
     time::Duration,
@@ -24,8 +24,8 @@ use hyper::{body::Incoming, header, server::conn::http1, service::service_fn, Me
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
 use tokio::net::TcpListener;
@@ -39,67 +39,60 @@ use crate::{
     stats::Stats,
 };
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FailureLabels {
-    action: &'static str,
-    port: String,
-    direction: &'static str,
+/// Monotonic counters, or gauges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DiagnosisLabels {
-    kind: &'static str,
-    status: &'static str,
+/// One metric family with its series, as read at one instant. The
+/// Prometheus endpoint encodes these and the OTLP exporter sends them, so
+/// both carry the same names, labels and values from one source.
+#[derive(Clone, Debug)]
+pub struct Family {
+    /// Without the `_total` a Prometheus counter's samples get.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricKind,
+    pub series: Vec<Series>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HookLabels {
-    hook: &'static str,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Series {
+    pub labels: Vec<(&'static str, String)>,
+    pub value: u64,
 }
 
 /// Open diagnoses tracked for the gauge at most.
 const MAX_ACTIVE: usize = 100_000;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Tracked {
     ports: HashSet<u16>,
     /// Diagnoses opened and not resolved yet, by id.
     active: HashMap<String, Kind>,
+    /// (action, port label, direction) -> occurrences.
+    failures: BTreeMap<(&'static str, String, &'static str), u64>,
+    /// (kind, status) -> records.
+    diagnoses: BTreeMap<(&'static str, &'static str), u64>,
 }
 
+#[derive(Debug)]
 pub struct Metrics {
-    failures: Family<FailureLabels, Counter>,
-    diagnoses: Family<DiagnosisLabels, Counter>,
-    open: Family<KindLabels, Gauge>,
-    hooks: Family<HookLabels, Gauge>,
     tracked: Mutex<Tracked>,
+    /// (hook, attached): fixed at start.
+    hooks: Vec<(&'static str, bool)>,
     max_ports: usize,
 }
 
 impl Metrics {
     pub fn new(cfg: &MetricsConfig, hooks: &[HookStatus]) -> Metrics {
-        let m = Metrics {
-            failures: Family::default(),
-            diagnoses: Family::default(),
-            open: Family::default(),
-            hooks: Family::default(),
+        Metrics {
             tracked: Mutex::new(Tracked::default()),
+            hooks: hooks.iter().map(|h| (h.hook.name(), h.attached())).collect(),
             max_ports: cfg.max_ports,
-        };
-        // Every kind shows 0 from the start, so that alert rules and
-        // dashboards do not see "no data" instead of "nothing open".
-        for k in Kind::ALL {
-            m.open.get_or_create(&KindLabels { kind: k.as_str() }).set(0);
         }
-        for h in hooks {
-            m.hooks.get_or_create(&HookLabels { hook: h.hook.name() }).set(i64::from(h.attached()));
-        }
-        m
     }
 
     /// Counts one record; called by the sink task for every record.
@@ -113,17 +106,15 @@ impl Metrics {
                     tracked.ports.insert(port);
                 }
                 let port = if known || tracked.ports.contains(&port) { port.to_string() } else { "other".to_owned() };
-                let labels =
-                    FailureLabels { action: e.event.action.as_str(), port, direction: e.observer.direction.as_str() };
-                self.failures.get_or_create(&labels).inc_by(e.event.count);
+                let key = (e.event.action.as_str(), port, e.observer.direction.as_str());
+                *tracked.failures.entry(key).or_default() += e.event.count;
             }
             Record::Diagnosis(d) => {
                 let kind = d.diagnosis.kind;
                 let status = d.diagnosis.status;
-                self.diagnoses.get_or_create(&DiagnosisLabels { kind: kind.as_str(), status: status.as_str() }).inc();
+                *tracked.diagnoses.entry((kind.as_str(), status.as_str())).or_default() += 1;
                 // An update of a diagnosis opened before the engine forgot
                 // it still counts as open: the id is what matters.
-                let before = tracked.active.len();
                 match status {
                     Status::Resolved => {
                         tracked.active.remove(&d.diagnosis.id);
@@ -136,177 +127,220 @@ impl Metrics {
                         tracked.active.insert(d.diagnosis.id.clone(), kind);
                     }
                 }
-                if tracked.active.len() != before {
-                    self.refresh_open(&tracked);
-                }
             }
         }
     }
 
-    fn refresh_open(&self, tracked: &Tracked) {
-        for k in Kind::ALL {
-            let n = tracked.active.values().filter(|v| **v == k).count();
-            self.open.get_or_create(&KindLabels { kind: k.as_str() }).set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// Every family, the record counts and the health counters read now.
+    pub fn families(&self, stats: &Stats, outputs: &OutputStats) -> Vec<Family> {
+        let mut out = Vec::new();
+        if let Ok(t) = self.tracked.lock() {
+            let failures = t
+                .failures
+                .iter()
+                .map(|((action, port, direction), n)| Series {
+                    labels: vec![
+                        ("action", (*action).to_owned()),
+                        ("port", port.clone()),
+                        ("direction", (*direction).to_owned()),
+                    ],
+                    value: *n,
+                })
+                .collect();
+            let diagnoses = t
+                .diagnoses
+                .iter()
+                .map(|((kind, status), n)| Series {
+                    labels: vec![("kind", (*kind).to_owned()), ("status", (*status).to_owned())],
+                    value: *n,
+                })
+                .collect();
+            // Every kind, 0 included, so that alert rules and dashboards
+            // do not see "no data" instead of "nothing open". Counted
+            // here rather than on every change: a scrape is rare, records
+            // are not.
+            let mut open: BTreeMap<&'static str, u64> = Kind::ALL.iter().map(|k| (k.as_str(), 0)).collect();
+            for k in t.active.values() {
+                *open.entry(k.as_str()).or_default() += 1;
+            }
+            let open =
+                open.into_iter().map(|(k, n)| Series { labels: vec![("kind", k.to_owned())], value: n }).collect();
+            out.extend([
+                Family {
+                    name: "observer_failures",
+                    help: "Connection failures seen by the kernel (event.count summed), by action, destination port \
+                           and direction",
+                    kind: MetricKind::Counter,
+                    series: failures,
+                },
+                Family {
+                    name: "observer_diagnoses",
+                    help: "Diagnosis records written, by kind and status",
+                    kind: MetricKind::Counter,
+                    series: diagnoses,
+                },
+                Family {
+                    name: "observer_diagnoses_open",
+                    help: "Diagnoses open now (not resolved), by kind",
+                    kind: MetricKind::Gauge,
+                    series: open,
+                },
+            ]);
         }
+        out.push(Family {
+            name: "observer_hook_up",
+            help: "1 when the hook is attached, 0 when disabled or unavailable",
+            kind: MetricKind::Gauge,
+            series: self
+                .hooks
+                .iter()
+                .map(|(h, up)| Series { labels: vec![("hook", (*h).to_owned())], value: u64::from(*up) })
+                .collect(),
+        });
+        out.extend(health(stats, outputs));
+        out
     }
 
-    /// The registry a scrape encodes: these families plus the health
-    /// counters read live.
-    pub fn registry(&self, stats: Arc<Stats>, outputs: Arc<OutputStats>) -> Registry {
+    /// The registry a scrape encodes: `families`, read at scrape time.
+    pub fn registry(self: &Arc<Self>, stats: Arc<Stats>, outputs: Arc<OutputStats>) -> Registry {
         let mut r = Registry::default();
-        r.register(
-            "observer_failures",
-            "Connection failures seen by the kernel (event.count summed), by action, destination port and direction",
-            self.failures.clone(),
-        );
-        r.register("observer_diagnoses", "Diagnosis records written, by kind and status", self.diagnoses.clone());
-        r.register("observer_diagnoses_open", "Diagnoses open now (not resolved), by kind", self.open.clone());
-        r.register(
-            "observer_hook_up",
-            "1 when the hook is attached, 0 when disabled or unavailable",
-            self.hooks.clone(),
-        );
-        r.register_collector(Box::new(Health { stats, outputs }));
+        r.register_collector(Box::new(Exposition { metrics: self.clone(), stats, outputs }));
         r
     }
 }
 
-/// The daemon's counters, read at scrape time.
+/// The daemon's counters, without labels.
+fn health(stats: &Stats, outputs: &OutputStats) -> Vec<Family> {
+    // `..` so that a counter added to `Stats` does not break the build
+    // of whoever adds it; the test `every_stats_counter_is_exported`
+    // fails instead until it is listed here.
+    let Stats {
+        records,
+        decode_errors,
+        written,
+        write_errors,
+        history_written,
+        history_errors,
+        history_dropped,
+        diagnosis_dropped,
+        kernel_ringbuf_full,
+        kernel_counter_map_full,
+        kernel_read_failed,
+        kernel_hook_misses,
+        reconciled_records,
+        reconciled_occurrences,
+        counter_resets,
+        counter_keys_evicted,
+        counter_poll_errors,
+        ..
+    } = stats;
+    let counters = [
+        ("observer_records_read", "Records read from the kernel ring buffer", records),
+        ("observer_decode_errors", "Ring buffer records rejected as malformed", decode_errors),
+        ("observer_records_written", "Records written to the JSON log", written),
+        ("observer_write_errors", "Records that could not be written to the JSON log", write_errors),
+        ("observer_history_written", "Records committed to the history database", history_written),
+        ("observer_history_errors", "Failed history commits (retried with the next batch)", history_errors),
+        ("observer_history_dropped", "Records the history could not keep (queue full)", history_dropped),
+        (
+            "observer_diagnosis_dropped",
+            "Events the diagnose stage could not take (queue full): logged, not in the diagnoses' counts",
+            diagnosis_dropped,
+        ),
+        (
+            "observer_kernel_ringbuf_full",
+            "Samples the kernel could not put into the full ring buffer (their occurrences are reconciled)",
+            kernel_ringbuf_full,
+        ),
+        (
+            "observer_kernel_counter_map_full",
+            "Occurrences lost because the kernel counter map refused their key",
+            kernel_counter_map_full,
+        ),
+        ("observer_kernel_read_failed", "Occurrences lost because a kernel read in a hook failed", kernel_read_failed),
+        (
+            "observer_kernel_hook_misses",
+            "Hook runs the kernel skipped because another eBPF program ran on that CPU (not counted)",
+            kernel_hook_misses,
+        ),
+        (
+            "observer_reconciled_records",
+            "Reconciliation records written for occurrences no sample carried",
+            reconciled_records,
+        ),
+        ("observer_reconciled_occurrences", "Occurrences the reconciliation records stand for", reconciled_occurrences),
+        (
+            "observer_counter_resets",
+            "Counter keys the kernel evicted and re-created before they were read (counts may be low)",
+            counter_resets,
+        ),
+        (
+            "observer_counter_keys_evicted",
+            "Keys whose reconciliation state was dropped to stay within the memory cap",
+            counter_keys_evicted,
+        ),
+        ("observer_counter_poll_errors", "Failed reads of the kernel's counter or loss maps", counter_poll_errors),
+    ];
+    let lost = Stats::get(kernel_counter_map_full) + Stats::get(kernel_read_failed) + Stats::get(kernel_hook_misses);
+    counters
+        .into_iter()
+        .map(|(name, help, v)| (name, help, Stats::get(v)))
+        .chain(outputs.counters().into_iter().map(|(_, name, help, v)| (name, help, v)))
+        .chain([(
+            "observer_events_lost",
+            "Failure occurrences in no count (kernel map full, kernel read failed, hook skipped)",
+            lost,
+        )])
+        .map(|(name, help, value)| Family {
+            name,
+            help,
+            kind: MetricKind::Counter,
+            series: vec![Series { labels: vec![], value }],
+        })
+        .collect()
+}
+
+/// `Metrics::families` in the OpenMetrics text, read at scrape time.
 #[derive(Debug)]
-struct Health {
+struct Exposition {
+    metrics: Arc<Metrics>,
     stats: Arc<Stats>,
     outputs: Arc<OutputStats>,
 }
 
-impl Collector for Health {
+impl Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // `..` so that a counter added to `Stats` does not break the build
-        // of whoever adds it; the test `every_stats_counter_is_exported`
-        // fails instead until it is listed here.
-        let Stats {
-            records,
-            decode_errors,
-            written,
-            write_errors,
-            history_written,
-            history_errors,
-            history_dropped,
-            diagnosis_dropped,
-            kernel_ringbuf_full,
-            kernel_counter_map_full,
-            kernel_read_failed,
-            kernel_hook_misses,
-            reconciled_records,
-            reconciled_occurrences,
-            counter_resets,
-            counter_keys_evicted,
-            counter_poll_errors,
-            ..
-        } = &*self.stats;
-        let OutputStats {
-            syslog_sent,
-            syslog_dropped,
-            syslog_errors,
-            alerts_sent,
-            alerts_failed,
-            alerts_retries,
-            alerts_rate_limited,
-            alerts_dropped,
-            email_sent,
-            email_failed,
-            email_retries,
-            email_rate_limited,
-            email_dropped,
-        } = &*self.outputs;
-        let counters = [
-            ("observer_records_read", "Records read from the kernel ring buffer", records),
-            ("observer_decode_errors", "Ring buffer records rejected as malformed", decode_errors),
-            ("observer_records_written", "Records written to the JSON log", written),
-            ("observer_write_errors", "Records that could not be written to the JSON log", write_errors),
-            ("observer_history_written", "Records committed to the history database", history_written),
-            ("observer_history_errors", "Failed history commits (retried with the next batch)", history_errors),
-            ("observer_history_dropped", "Records the history could not keep (queue full)", history_dropped),
-            (
-                "observer_diagnosis_dropped",
-                "Events the diagnose stage could not take (queue full): logged, not in the diagnoses' counts",
-                diagnosis_dropped,
-            ),
-            (
-                "observer_kernel_ringbuf_full",
-                "Samples the kernel could not put into the full ring buffer (their occurrences are reconciled)",
-                kernel_ringbuf_full,
-            ),
-            (
-                "observer_kernel_counter_map_full",
-                "Occurrences lost because the kernel counter map refused their key",
-                kernel_counter_map_full,
-            ),
-            (
-                "observer_kernel_read_failed",
-                "Occurrences lost because a kernel read in a hook failed",
-                kernel_read_failed,
-            ),
-            (
-                "observer_kernel_hook_misses",
-                "Hook runs the kernel skipped because another eBPF program ran on that CPU (not counted)",
-                kernel_hook_misses,
-            ),
-            (
-                "observer_reconciled_records",
-                "Reconciliation records written for occurrences no sample carried",
-                reconciled_records,
-            ),
-            (
-                "observer_reconciled_occurrences",
-                "Occurrences the reconciliation records stand for",
-                reconciled_occurrences,
-            ),
-            (
-                "observer_counter_resets",
-                "Counter keys the kernel evicted and re-created before they were read (counts may be low)",
-                counter_resets,
-            ),
-            (
-                "observer_counter_keys_evicted",
-                "Keys whose reconciliation state was dropped to stay within the memory cap",
-                counter_keys_evicted,
-            ),
-            ("observer_counter_poll_errors", "Failed reads of the kernel's counter or loss maps", counter_poll_errors),
-            ("observer_syslog_sent", "Syslog messages sent", syslog_sent),
-            ("observer_syslog_dropped", "Records not sent to syslog because its queue was full", syslog_dropped),
-            ("observer_syslog_errors", "Syslog send or connect failures", syslog_errors),
-            ("observer_alerts_sent", "Webhook alerts delivered (2xx)", alerts_sent),
-            ("observer_alerts_failed", "Webhook alerts given up after retries or refused (4xx)", alerts_failed),
-            ("observer_alerts_retries", "Webhook delivery attempts that were retried", alerts_retries),
-            ("observer_alerts_rate_limited", "Alerts suppressed by the rate limit (summarized)", alerts_rate_limited),
-            ("observer_alerts_dropped", "Alerts not queued because the webhook queue was full", alerts_dropped),
-            ("observer_email_sent", "E-mail alerts the SMTP server accepted", email_sent),
-            (
-                "observer_email_failed",
-                "E-mail alerts lost: refused (5xx, TLS, AUTH) or given up after retries",
-                email_failed,
-            ),
-            ("observer_email_retries", "E-mail delivery attempts that were retried (4xx, timeouts)", email_retries),
-            (
-                "observer_email_rate_limited",
-                "E-mail alerts suppressed by the rate limit (summarized)",
-                email_rate_limited,
-            ),
-            ("observer_email_dropped", "E-mail alerts not queued because the e-mail queue was full", email_dropped),
-        ];
-        let lost =
-            Stats::get(kernel_counter_map_full) + Stats::get(kernel_read_failed) + Stats::get(kernel_hook_misses);
-        let values = counters.into_iter().map(|(name, help, v)| (name, help, Stats::get(v))).chain([(
-            "observer_events_lost",
-            "Failure occurrences in no count (kernel map full, kernel read failed, hook skipped)",
-            lost,
-        )]);
-        for (name, help, value) in values {
-            let c = ConstCounter::new(value);
-            let metric = encoder.encode_descriptor(name, help, None, c.metric_type())?;
-            c.encode(metric)?;
+        for family in self.metrics.families(&self.stats, &self.outputs) {
+            let kind = match family.kind {
+                MetricKind::Counter => MetricType::Counter,
+                MetricKind::Gauge => MetricType::Gauge,
+            };
+            let mut metric = encoder.encode_descriptor(family.name, family.help, None, kind)?;
+            for s in &family.series {
+                let gauge = ConstGauge::new(i64::try_from(s.value).unwrap_or(i64::MAX));
+                let counter = ConstCounter::new(s.value);
+                if s.labels.is_empty() {
+                    // Unlabelled families hold one series.
+                    encode_value(family.kind, &counter, &gauge, metric)?;
+                    break;
+                }
+                let labelled = metric.encode_family(&s.labels)?;
+                encode_value(family.kind, &counter, &gauge, labelled)?;
+            }
         }
         Ok(())
+    }
+}
+
+fn encode_value(
+    kind: MetricKind,
+    counter: &ConstCounter<u64>,
+    gauge: &ConstGauge<i64>,
+    encoder: prometheus_client::encoding::MetricEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricKind::Counter => counter.encode(encoder),
+        MetricKind::Gauge => gauge.encode(encoder),
     }
 }
 
@@ -395,21 +429,9 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Direction, Endpoint, FailureEvent};
+    use crate::sink::fixtures::failure;
 
-    fn failure(port: u16, count: u64) -> Record {
-        Record::Failure(FailureEvent::new(
-            humantime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
-            observer_common::Action::Refused,
-            count,
-            1,
-            Direction::Inbound,
-            Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 },
-            Endpoint { ip: "10.0.0.2".parse().unwrap(), port },
-        ))
-    }
-
-    fn scrape(m: &Metrics) -> String {
+    fn scrape(m: &Arc<Metrics>) -> String {
         let r = m.registry(Arc::new(Stats::default()), Arc::new(OutputStats::default()));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
@@ -440,7 +462,7 @@ mod tests {
 
     #[test]
     fn every_stats_counter_is_exported() {
-        let text = scrape(&Metrics::new(&MetricsConfig::default(), &[]));
+        let text = scrape(&Arc::new(Metrics::new(&MetricsConfig::default(), &[])));
         let exported: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# HELP ")).collect();
         let fields = stats_fields();
         assert!(fields.len() >= 4, "{fields:?}");
@@ -458,25 +480,12 @@ mod tests {
     }
 
     fn diagnosis(id: &str, status: &str) -> Record {
-        let v = serde_json::json!({
-            "@timestamp": "2026-01-01T00:00:00Z",
-            "event": { "dataset": "observer.diagnosis", "kind": "alert", "category": ["network"] },
-            "diagnosis": {
-                "kind": "syn_flood", "id": id, "status": status, "summary": "s",
-                "advice": [], "evidence": { "actions": {}, "sample_clients": [] },
-                "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z",
-                "count": 3, "clients": 1
-            },
-            "destination": { "ip": "127.0.0.1", "port": 80 },
-            "network": { "transport": "tcp", "type": "ipv4" },
-            "observer": { "netns": 1, "direction": "inbound" }
-        });
-        Record::Diagnosis(Box::new(serde_json::from_value(v).unwrap()))
+        Record::Diagnosis(crate::sink::fixtures::diagnosis("syn_flood", id, status))
     }
 
     #[test]
     fn open_gauge_follows_ids_until_resolved() {
-        let m = Metrics::new(&MetricsConfig::default(), &[]);
+        let m = Arc::new(Metrics::new(&MetricsConfig::default(), &[]));
         for (id, status) in [("a", "open"), ("b", "open"), ("a", "ongoing"), ("a", "escalated"), ("b", "resolved")] {
             m.observe(&diagnosis(id, status));
         }
@@ -490,7 +499,7 @@ mod tests {
 
     #[test]
     fn ports_beyond_the_cap_are_counted_as_other() {
-        let m = Metrics::new(&MetricsConfig { listen: String::new(), max_ports: 2 }, &[]);
+        let m = Arc::new(Metrics::new(&MetricsConfig { listen: String::new(), max_ports: 2 }, &[]));
         for (port, n) in [(80, 1), (443, 2), (8080, 3), (9090, 4), (80, 5)] {
             m.observe(&failure(port, n));
         }

@@ -3,8 +3,12 @@
 pub mod chat;
 pub mod delivery;
 pub mod email;
+#[cfg(test)]
+mod fixtures;
+pub mod http;
 pub mod metrics;
 pub mod ndjson;
+pub mod otlp;
 pub mod outputs;
 pub mod syslog;
 pub mod webhook;
@@ -24,4 +28,10 @@ use crate::{diagnose::record::DiagnosisRecord, event::FailureEvent};
 pub enum Record {
     Failure(FailureEvent),
     Diagnosis(Box<DiagnosisRecord>),
+}
+
+/// The kernel's host name, for receivers that serve many hosts (the
+/// webhook's `host.name`, OTLP's resource); empty when unreadable.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
 }

@@ -1,5 +1,5 @@
 //! The outputs beside the NDJSON log: syslog, the metrics endpoint,
-//! webhook and e-mail alerts. The sink task offers every record here after writing
+//! webhook and e-mail alerts, and OTLP. The sink task offers every record here after writing
 //! it to the log; nothing in `offer` waits on the network.
 
 use std::{
@@ -18,12 +18,13 @@ use tracing::{info, warn};
 use super::{
     email::EmailSink,
     metrics::{self, Metrics},
+    otlp::OtlpSink,
     syslog::SyslogSink,
     webhook::WebhookSink,
     Record,
 };
 use crate::{
-    config::{AlertsConfig, EmailConfig, MetricsConfig, SyslogConfig},
+    config::{AlertsConfig, EmailConfig, MetricsConfig, OtlpSettings, SyslogConfig},
     kernel::hook::HookStatus,
     stats::Stats,
 };
@@ -35,6 +36,9 @@ pub struct Sections<'a> {
     pub metrics: &'a MetricsConfig,
     pub alerts: &'a AlertsConfig,
     pub email: &'a EmailConfig,
+    /// `[otlp]` resolved with the environment (`OtlpConfig::resolve`);
+    /// None when it is off.
+    pub otlp: Option<&'a OtlpSettings>,
 }
 
 /// The outputs' own health, exported as metrics.
@@ -53,6 +57,19 @@ pub struct OutputStats {
     pub email_retries: AtomicU64,
     pub email_rate_limited: AtomicU64,
     pub email_dropped: AtomicU64,
+    /// Log records the OTLP endpoint accepted.
+    pub otlp_sent: AtomicU64,
+    /// Records refused at the OTLP queue (full).
+    pub otlp_dropped: AtomicU64,
+    /// Log records lost after they were queued: given up after retries,
+    /// refused (a final status), or rejected in a partial success.
+    pub otlp_failed: AtomicU64,
+    /// OTLP requests retried (logs and metrics).
+    pub otlp_retries: AtomicU64,
+    /// Metric exports the OTLP endpoint accepted.
+    pub otlp_metrics_sent: AtomicU64,
+    /// Metric exports given up or refused.
+    pub otlp_metrics_failed: AtomicU64,
 }
 
 impl OutputStats {
@@ -62,6 +79,130 @@ impl OutputStats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Every counter: its field name (the status file's key), its metric
+    /// name and help, and its value. One list for both readers.
+    pub fn counters(&self) -> [(&'static str, &'static str, &'static str, u64); 19] {
+        // Without `..`: a counter added above and not listed here does not compile.
+        let OutputStats {
+            syslog_sent,
+            syslog_dropped,
+            syslog_errors,
+            alerts_sent,
+            alerts_failed,
+            alerts_retries,
+            alerts_rate_limited,
+            alerts_dropped,
+            email_sent,
+            email_failed,
+            email_retries,
+            email_rate_limited,
+            email_dropped,
+            otlp_sent,
+            otlp_dropped,
+            otlp_failed,
+            otlp_retries,
+            otlp_metrics_sent,
+            otlp_metrics_failed,
+        } = self;
+        [
+            ("syslog_sent", "observer_syslog_sent", "Syslog messages sent", syslog_sent),
+            (
+                "syslog_dropped",
+                "observer_syslog_dropped",
+                "Records not sent to syslog because its queue was full",
+                syslog_dropped,
+            ),
+            ("syslog_errors", "observer_syslog_errors", "Syslog send or connect failures", syslog_errors),
+            ("alerts_sent", "observer_alerts_sent", "Webhook alerts delivered (2xx)", alerts_sent),
+            (
+                "alerts_failed",
+                "observer_alerts_failed",
+                "Webhook alerts given up after retries or refused (4xx)",
+                alerts_failed,
+            ),
+            (
+                "alerts_retries",
+                "observer_alerts_retries",
+                "Webhook delivery attempts that were retried",
+                alerts_retries,
+            ),
+            (
+                "alerts_rate_limited",
+                "observer_alerts_rate_limited",
+                "Alerts suppressed by the rate limit (summarized)",
+                alerts_rate_limited,
+            ),
+            (
+                "alerts_dropped",
+                "observer_alerts_dropped",
+                "Alerts not queued because the webhook queue was full",
+                alerts_dropped,
+            ),
+            ("email_sent", "observer_email_sent", "E-mail alerts the SMTP server accepted", email_sent),
+            (
+                "email_failed",
+                "observer_email_failed",
+                "E-mail alerts lost: refused (5xx, TLS, AUTH) or given up after retries",
+                email_failed,
+            ),
+            (
+                "email_retries",
+                "observer_email_retries",
+                "E-mail delivery attempts that were retried (4xx, timeouts)",
+                email_retries,
+            ),
+            (
+                "email_rate_limited",
+                "observer_email_rate_limited",
+                "E-mail alerts suppressed by the rate limit (summarized)",
+                email_rate_limited,
+            ),
+            (
+                "email_dropped",
+                "observer_email_dropped",
+                "E-mail alerts not queued because the e-mail queue was full",
+                email_dropped,
+            ),
+            ("otlp_sent", "observer_otlp_sent", "Log records the OTLP endpoint accepted", otlp_sent),
+            (
+                "otlp_dropped",
+                "observer_otlp_dropped",
+                "Records not sent over OTLP because its queue was full",
+                otlp_dropped,
+            ),
+            (
+                "otlp_failed",
+                "observer_otlp_failed",
+                "Log records lost on the way to the OTLP endpoint (given up after retries, refused, or rejected)",
+                otlp_failed,
+            ),
+            (
+                "otlp_retries",
+                "observer_otlp_retries",
+                "OTLP requests (logs or metrics) that were retried",
+                otlp_retries,
+            ),
+            (
+                "otlp_metrics_sent",
+                "observer_otlp_metrics_sent",
+                "OTLP metric exports the endpoint accepted",
+                otlp_metrics_sent,
+            ),
+            (
+                "otlp_metrics_failed",
+                "observer_otlp_metrics_failed",
+                "OTLP metric exports given up or refused",
+                otlp_metrics_failed,
+            ),
+        ]
+        .map(|(field, name, help, v)| (field, name, help, OutputStats::get(v)))
+    }
+
+    /// Every counter by its field name (the status file).
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, u64> {
+        self.counters().into_iter().map(|(field, _, _, v)| (field.to_owned(), v)).collect()
     }
 }
 
@@ -100,6 +241,7 @@ pub struct Outputs {
     syslog: Option<SyslogSink>,
     webhook: Option<WebhookSink>,
     email: Option<EmailSink>,
+    otlp: Option<OtlpSink>,
     senders: Vec<JoinHandle<()>>,
     server: Option<JoinHandle<()>>,
     pub stats: Arc<OutputStats>,
@@ -116,19 +258,24 @@ impl Outputs {
             syslog: None,
             webhook: None,
             email: None,
+            otlp: None,
             senders: Vec::new(),
             server: None,
             stats: out_stats.clone(),
         };
-        if !config.metrics.listen.is_empty() {
+        // The record counts are kept when anything reads them: the
+        // endpoint, or OTLP's metrics.
+        let otlp_metrics = config.otlp.is_some_and(|o| o.metrics.is_some());
+        if !config.metrics.listen.is_empty() || otlp_metrics {
+            outputs.metrics = Some(Arc::new(Metrics::new(config.metrics, hooks)));
+        }
+        if let (false, Some(m)) = (config.metrics.listen.is_empty(), &outputs.metrics) {
             let listener = metrics::bind(&config.metrics.listen)
                 .await
                 .with_context(|| format!("metrics endpoint: binding {}", config.metrics.listen))?;
             let local = listener.local_addr().context("metrics endpoint: local address")?;
-            let m = Arc::new(Metrics::new(config.metrics, hooks));
-            let registry = Arc::new(m.registry(stats, out_stats.clone()));
+            let registry = Arc::new(m.registry(stats.clone(), out_stats.clone()));
             outputs.server = Some(tokio::spawn(metrics::serve(listener, registry)));
-            outputs.metrics = Some(m);
             info!("metrics: serving http://{local}/metrics");
         }
         let s = config.syslog;
@@ -155,11 +302,31 @@ impl Outputs {
         }
         let e = config.email;
         if e.enabled {
-            let (sink, task) = EmailSink::start(e, out_stats)?;
+            let (sink, task) = EmailSink::start(e, out_stats.clone())?;
             let statuses: Vec<&str> = e.statuses.iter().map(|s| s.as_str()).collect();
             info!("email: sending {} to {} via {}:{}", statuses.join(", "), e.to.join(", "), e.server, e.port());
             outputs.email = Some(sink);
             outputs.senders.push(task);
+        }
+        if let Some(o) = config.otlp {
+            let source = outputs.metrics.clone().map(|m| (m, stats));
+            let (sink, tasks) = OtlpSink::start(o, source, out_stats);
+            if let Some(d) = &o.logs {
+                let what = match (o.failures, o.diagnoses) {
+                    (true, true) => "failures and diagnoses",
+                    (true, false) => "failures",
+                    _ => "diagnoses",
+                };
+                info!("otlp: sending {what} as logs to {} (from {})", d.uri, d.from);
+            }
+            if let Some(d) = &o.metrics {
+                info!("otlp: sending the counters every {:?} to {} (from {})", o.metrics_interval, d.uri, d.from);
+            }
+            for note in &o.notes {
+                warn!("otlp: {note}");
+            }
+            outputs.otlp = Some(sink);
+            outputs.senders.extend(tasks);
         }
         Ok(outputs)
     }
@@ -177,6 +344,9 @@ impl Outputs {
         if let Some(e) = &self.email {
             e.offer(record);
         }
+        if let Some(o) = &self.otlp {
+            o.offer(record);
+        }
     }
 
     /// Lets the senders deliver what is queued, for at most `grace`; the
@@ -185,12 +355,16 @@ impl Outputs {
         self.syslog = None;
         self.webhook = None;
         self.email = None;
+        self.otlp = None;
         let deadline = tokio::time::Instant::now() + grace;
         for task in self.senders.drain(..) {
             let abort = task.abort_handle();
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 abort.abort();
-                warn!("outputs: undelivered syslog messages, alerts or e-mails dropped at shutdown after {grace:?}");
+                warn!(
+                    "outputs: undelivered syslog messages, alerts, e-mails or OTLP requests dropped at shutdown \
+                     after {grace:?}"
+                );
             }
         }
         if let Some(server) = self.server.take() {

@@ -341,20 +341,9 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::event::{Direction, Endpoint, FailureEvent};
 
     fn failure() -> Record {
-        let mut e = FailureEvent::new(
-            humantime::parse_rfc3339("2026-01-01T00:00:00.000001Z").unwrap(),
-            observer_common::Action::Refused,
-            1,
-            1,
-            Direction::Inbound,
-            Endpoint { ip: "10.0.0.1".parse().unwrap(), port: 40000 },
-            Endpoint { ip: "10.0.0.2".parse().unwrap(), port: 8080 },
-        );
-        e.observer.reason = Some("NO_SOCKET".into());
-        Record::Failure(e)
+        crate::sink::fixtures::failure(8080, 1)
     }
 
     fn header() -> Header {

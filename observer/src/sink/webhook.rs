@@ -24,16 +24,13 @@ use std::{
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{header, Request, StatusCode, Uri};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{
     chat,
     delivery::{self, Attempt, Backoff, Channel, Counters, RateLimit, Suppressed},
+    host_name, http,
     outputs::{OutputStats, WarnLimiter},
     Record,
 };
@@ -73,10 +70,6 @@ impl WebhookSink {
     }
 }
 
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
-}
-
 struct Poster {
     sender: Sender,
     host: String,
@@ -91,18 +84,16 @@ struct Poster {
 
 /// The HTTP side: one POST, and what its outcome means.
 struct Sender {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: http::Client,
     uri: Uri,
     timeout: Duration,
 }
 
 impl Poster {
     fn new(cfg: &AlertsConfig, stats: Arc<OutputStats>, rate_period: Duration) -> Result<Poster, String> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(cfg.timeout_ms)));
         Ok(Poster {
             sender: Sender {
-                client: Client::builder(TokioExecutor::new()).build(connector),
+                client: http::client(Duration::from_millis(cfg.timeout_ms)),
                 uri: cfg.uri()?,
                 timeout: Duration::from_millis(cfg.timeout_ms),
             },
@@ -183,7 +174,7 @@ impl Sender {
     async fn post(&self, body: Bytes, key: &str) -> Attempt {
         let req = Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, concat!("observer/", env!("CARGO_PKG_VERSION")))
+            .header(header::USER_AGENT, http::USER_AGENT)
             .header("Idempotency-Key", key)
             .body(Full::new(body));
         let req = match req {
@@ -199,12 +190,7 @@ impl Sender {
                 if status.is_success() {
                     Attempt::Delivered
                 } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                    let after = resp
-                        .headers()
-                        .get(header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let after = http::retry_after(resp.headers(), SystemTime::now());
                     Attempt::Retry { after, why: format!("POST {uri}: {status}") }
                 } else {
                     Attempt::Final(format!("POST {uri}: {status}"))
@@ -228,20 +214,7 @@ mod tests {
     use super::*;
 
     fn diagnosis(id: &str) -> Box<DiagnosisRecord> {
-        let v = json!({
-            "@timestamp": "2026-01-01T00:00:00Z",
-            "event": { "dataset": "observer.diagnosis", "kind": "alert", "category": ["network"] },
-            "diagnosis": {
-                "kind": "no_listener", "id": id, "status": "open", "summary": "nothing listens",
-                "advice": [], "evidence": { "actions": {}, "sample_clients": [] },
-                "first_seen": "2026-01-01T00:00:00Z", "last_seen": "2026-01-01T00:00:00Z",
-                "count": 3, "clients": 1
-            },
-            "destination": { "ip": "127.0.0.1", "port": 8080 },
-            "network": { "transport": "tcp", "type": "ipv4" },
-            "observer": { "netns": 1, "direction": "inbound" }
-        });
-        Box::new(serde_json::from_value(v).unwrap())
+        crate::sink::fixtures::diagnosis("no_listener", id, "open")
     }
 
     /// The generic body as it always was: the record, `host.name` and
@@ -251,7 +224,7 @@ mod tests {
         let body = alert_body(&diagnosis("a"), "web-1").unwrap();
         let expected = concat!(
             r#"{"@timestamp":"2026-01-01T00:00:00Z","destination":{"ip":"127.0.0.1","port":8080},"#,
-            r#""diagnosis":{"advice":[],"clients":1,"count":3,"evidence":{"actions":{},"sample_clients":[]},"#,
+            r#""diagnosis":{"advice":[],"clients":1,"count":3,"evidence":{"actions":{"refused":3},"sample_clients":[]},"#,
             r#""first_seen":"2026-01-01T00:00:00.000Z","id":"a","kind":"no_listener","last_seen":"2026-01-01T00:00:00Z","#,
             r#""status":"open","summary":"nothing listens"},"#,
             r#""event":{"category":["network"],"dataset":"observer.diagnosis","kind":"alert"},"host":{"name":"web-1"},"#,

@@ -5,8 +5,8 @@
 
 use std::{
     fs::File,
-    io::{BufRead, BufReader, Read},
-    net::{IpAddr, SocketAddr},
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{mpsc, Arc, Mutex},
@@ -198,6 +198,15 @@ impl Daemon {
         }
     }
 
+    /// Refused connections of one namespace in the log so far (`event.count` summed).
+    pub fn refused_in(&self, netns: u32) -> u64 {
+        self.events()
+            .iter()
+            .filter(|e| e.observer.netns == netns && e.event.action.as_str() == "refused")
+            .map(|e| e.event.count)
+            .sum()
+    }
+
     /// Events of one namespace, waiting `settle` for stragglers.
     pub fn events_in(&self, netns: u32, settle: Duration) -> Vec<FailureEvent> {
         std::thread::sleep(settle);
@@ -266,4 +275,48 @@ pub fn connect_blocking(from: SocketAddr, to: SocketAddr) -> std::io::Result<()>
 /// The calling thread's name as the kernel reports it (`process.name`).
 pub fn thread_comm() -> String {
     std::fs::read_to_string("/proc/thread-self/comm").expect("comm").trim_end().to_owned()
+}
+
+/// Connections to a closed port inside `ns`, `n` of them, `every` apart.
+pub fn refuse(ns: &Netns, port: u16, n: usize, every: Duration) {
+    ns.run(move || {
+        for _ in 0..n {
+            let r = connect_from(sa("127.0.0.1", 0), sa("127.0.0.1", port), Duration::from_secs(2));
+            assert_eq!(r.err().map(|e| e.kind()), Some(std::io::ErrorKind::ConnectionRefused));
+            std::thread::sleep(every);
+        }
+    });
+}
+
+/// `f`'s first `Some`, polled every 100 ms; fails the test after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET path` over HTTP/1.1: the status, the content type and the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ctype = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    (status, ctype, body.to_owned())
 }

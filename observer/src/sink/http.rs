@@ -1,0 +1,79 @@
+//! What the two HTTP outputs (webhook alerts, OTLP) share: hyper-util's
+//! plain-http client, and how long to wait before a retry.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, HeaderMap};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client as HyperClient},
+    rt::TokioExecutor,
+};
+
+pub type Client = HyperClient<HttpConnector, Full<Bytes>>;
+
+/// A pooled http:// client whose connects give up after `connect_timeout`
+/// (the request's own deadline is the caller's).
+pub fn client(connect_timeout: Duration) -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    HyperClient::builder(TokioExecutor::new()).build(connector)
+}
+
+/// The `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("observer/", env!("CARGO_PKG_VERSION"));
+
+/// A `Retry-After` in seconds or as an HTTP date (RFC 9110 allows both);
+/// a date in the past is "now".
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Up to a quarter less than `d`, so that hosts retrying the same
+/// receiver after an outage do not retry in lockstep.
+pub fn jitter(d: Duration) -> Duration {
+    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0)
+        ^ std::process::id();
+    let quarter = d.as_millis() as u64 / 4;
+    if quarter == 0 {
+        return d;
+    }
+    d.saturating_sub(Duration::from_millis(u64::from(seed) % quarter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for ms in [0, 3, 100, 1000] {
+            let d = Duration::from_millis(ms);
+            let j = jitter(d);
+            assert!(j <= d && j >= d - d / 4, "{ms}: {j:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h, now), None);
+        h.insert(header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        h.insert(header::RETRY_AFTER, later.parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        h.insert(header::RETRY_AFTER, past.parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
+        h.insert(header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h, now), None);
+    }
+}
