@@ -25,6 +25,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "the benchmark's small-message transfer workload"),
     ("rsyslog", "a real syslog receiver for the syslog output tests"),
     ("systemd", "systemd-analyze verifies the service unit in the tests"),
+    (
+        "chromium",
+        "the report test renders `observer report`'s page in a real browser (headless) and checks its screenshot; \
+         large (about 300 MB with its libraries), test-only",
+    ),
+    (
+        "fonts-dejavu-core",
+        "a font for the headless browser to draw the report's text with (chromium does not pull one)",
+    ),
 ];
 
 /// Name under which rustc-web is registered with rustup (observer/build.rs).
