@@ -83,6 +83,11 @@ CREATE TABLE IF NOT EXISTS diagnoses (
     PRIMARY KEY (id, first_seen_ms)
 );
 CREATE INDEX IF NOT EXISTS diagnoses_last ON diagnoses(last_seen_ms);
+";
+
+/// The load tables (a history written before them has none: `Reader`
+/// reads it as one without load).
+const LOAD_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS load_netns (
     ts_ms INTEGER NOT NULL,
     period_ms INTEGER NOT NULL,
@@ -177,6 +182,7 @@ impl Store {
         conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; PRAGMA auto_vacuum=INCREMENTAL;")
             .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        conn.execute_batch(LOAD_SCHEMA).map_err(sql)?;
         Ok(Store { conn, path, cfg: cfg.clone(), last_prune: None })
     }
 
@@ -545,13 +551,26 @@ impl Reader {
             .map_err(|e| HistoryError::Sql(path.clone(), e))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| HistoryError::Sql(path.clone(), e))?;
         // A permission problem shows at the first read, not at open: check now.
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+        let load: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'load_netns'", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| HistoryError::Sql(path.clone(), e))?;
+        if load == 0 {
+            // A history from before the load tables, which a read-only
+            // reader cannot add to the file: empty temporary ones (in this
+            // connection only) stand in.
+            let empty = LOAD_SCHEMA
+                .replace("CREATE TABLE IF NOT EXISTS ", "CREATE TEMP TABLE IF NOT EXISTS ")
+                .replace("CREATE INDEX IF NOT EXISTS ", "CREATE INDEX IF NOT EXISTS temp.");
+            conn.execute_batch(&format!("PRAGMA temp_store = MEMORY; {empty}"))
+                .map_err(|e| HistoryError::Sql(path.clone(), e))?;
+        }
         Ok(Reader { conn })
     }
 
     /// The read-only connection, for views whose queries are their own
-    /// (`observer report`); the tables are those of `SCHEMA` above.
+    /// (`observer report`); the tables are those of `SCHEMA` and `LOAD_SCHEMA`.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -704,6 +723,26 @@ mod tests {
         assert!(deleted > 0 && store.size_bytes().unwrap() <= store.cfg.max_bytes);
         assert!(rows(&store, "load_listeners") < 4000, "the oldest rows went first");
         assert_eq!(rows(&store, "failures"), 2000, "newer failures stay while older load rows remain to delete");
+    }
+
+    #[test]
+    fn a_history_from_before_the_load_tables_reads_as_one_without_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        drop(conn);
+        let reader = Reader::open(dir.path()).unwrap();
+        let n: i64 = reader
+            .connection()
+            .query_row("SELECT count(*) + (SELECT count(*) FROM load_listeners) FROM load_netns", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        // And a current one keeps its own.
+        let mut store = Store::open(dir.path(), &HistoryConfig::default(), "").unwrap();
+        store.write(&[load(SystemTime::now(), 1)]).unwrap();
+        let reader = Reader::open(dir.path()).unwrap();
+        let n: i64 = reader.connection().query_row("SELECT count(*) FROM load_listeners", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]

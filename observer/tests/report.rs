@@ -680,18 +680,40 @@ fn the_daemon_keeps_the_load_a_listener_had() {
     let ns = Netns::new("load");
     let netns = ns.inode();
     // A listener with a backlog of 4 that never accepts: its queue holds
-    // five connections, and the kernel drops what comes after.
-    let listener = ns.run(|| {
-        let s = common::bound_socket(common::sa("127.0.0.1", 7300)).unwrap();
-        s.listen(4).unwrap();
-        s
+    // five connections, and the kernel drops what comes after. And one that
+    // holds a first connection, to know when the daemon has polled the
+    // namespace (its first poll is the baseline, which counts nothing).
+    let (listener, warm) = ns.run(|| {
+        let listen = |port, backlog| {
+            let s = common::bound_socket(common::sa("127.0.0.1", port)).unwrap();
+            s.listen(backlog).unwrap();
+            s
+        };
+        (listen(7300, 4), listen(7299, 4))
     });
     let keep = tempfile::tempdir().unwrap();
     let state = keep.path().join("state");
     let config = "[enrich]\npoll_interval_ms = 200\nload_interval_secs = 1\n";
     let daemon = Daemon::start_in(tempfile::tempdir().unwrap(), &state, &[], Some(config));
-    // The namespace's first poll is its baseline: connect after it.
-    std::thread::sleep(Duration::from_millis(1500));
+    let first = ns.run(|| {
+        common::connect_from(common::sa("127.0.0.1", 47299), common::sa("127.0.0.1", 7299), Duration::from_secs(2))
+            .unwrap()
+    });
+    let c = db(&state);
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} within 15 s\n{}", daemon.stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let sum = || q(&c, "SELECT sum(accepted) FROM load_netns WHERE netns = ?1", [i64::from(netns)]) as u64;
+    // The sample that has the first connection in the queue was written with
+    // the counters of that same poll: what follows is counted after it.
+    wait("the first connection queued in the load history", &|| {
+        q(&c, "SELECT count(*) FROM load_listeners WHERE netns = ?1 AND port = 7299", [i64::from(netns)]) > 0
+    });
+    let before = sum();
     let (opened, clients) = ns.run(|| {
         let before = passive_opens();
         let mut clients = Vec::new();
@@ -705,17 +727,10 @@ fn the_daemon_keeps_the_load_a_listener_had() {
     });
     assert_eq!(opened, 5, "the kernel completed five handshakes: the queue's room");
     assert_eq!(clients.len(), 5);
-
-    let c = db(&state);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let accepted = loop {
-        let n = q(&c, "SELECT sum(accepted) FROM load_netns WHERE netns = ?1", [i64::from(netns)]);
-        if n as u64 >= opened || Instant::now() > deadline {
-            break n as u64;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(accepted, opened, "accepted = the namespace's TcpPassiveOpens since its first poll, exactly");
+    wait("the five connections in the load history", &|| sum() >= before + opened);
+    std::thread::sleep(Duration::from_millis(1500));
+    let accepted = sum() - before;
+    assert_eq!(accepted, opened, "accepted = the namespace's TcpPassiveOpens between polls, exactly");
     let (queue, backlog) = c
         .query_row(
             "SELECT max(max_queue), max(backlog) FROM load_listeners WHERE netns = ?1 AND port = 7300",
@@ -726,7 +741,7 @@ fn the_daemon_keeps_the_load_a_listener_had() {
     assert_eq!((queue, backlog), (5, 4), "the queue held every accepted connection, the backlog is listen()'s");
     drop(c);
     let (stderr, _) = daemon.stop();
-    drop((clients, listener));
+    drop((clients, first, listener, warm));
 
     // The report of that history shows the same.
     let page = keep.path().join("load.html");

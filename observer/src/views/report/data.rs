@@ -2,6 +2,10 @@
 //! parameters only), read once into `Data`, so that the page and the SVG
 //! only lay them out.
 //!
+//! Fields of the records' JSON are read with `json_extract` over
+//! `json_valid` rows only: one row the daemon could not serialize (it
+//! writes an empty text then) must not make the whole report an error.
+//!
 //! Time is UTC throughout, as in the rest of the CLI: the heat map's hours
 //! and weekdays, the buckets and the axis labels. Buckets are aligned to
 //! whole multiples of their width since the epoch (hours start at :00, days
@@ -386,7 +390,7 @@ fn heat(conn: &Connection, p: Period) -> rusqlite::Result<[[u64; 24]; 7]> {
 
 fn kinds(conn: &Connection, p: Period) -> rusqlite::Result<Vec<KindRow>> {
     let mut st = conn.prepare(
-        "SELECT kind, count(*), coalesce(sum(json_extract(json, '$.diagnosis.count')), 0), count(DISTINCT id),
+        "SELECT kind, count(*), coalesce(sum(json_extract(iif(json_valid(json), json, '{}'), '$.diagnosis.count')), 0), count(DISTINCT id),
                 min(first_seen_ms), max(last_seen_ms)
          FROM diagnoses WHERE last_seen_ms >= ?1 AND first_seen_ms <= ?2 GROUP BY kind ORDER BY 3 DESC, 1",
     )?;
@@ -411,7 +415,7 @@ fn kinds(conn: &Connection, p: Period) -> rusqlite::Result<Vec<KindRow>> {
 
 fn episodes(conn: &Connection, p: Period) -> rusqlite::Result<Vec<(Kind, String, Episode)>> {
     let mut st = conn.prepare(
-        "SELECT kind, id, first_seen_ms, last_seen_ms, coalesce(json_extract(json, '$.diagnosis.count'), 0), status
+        "SELECT kind, id, first_seen_ms, last_seen_ms, coalesce(json_extract(iif(json_valid(json), json, '{}'), '$.diagnosis.count'), 0), status
          FROM diagnoses WHERE last_seen_ms >= ?1 AND first_seen_ms <= ?2 ORDER BY first_seen_ms",
     )?;
     let rows = st.query_map(params![p.from, p.to], |r| {
@@ -444,7 +448,7 @@ fn recurring(conn: &Connection, p: Period) -> rusqlite::Result<Vec<Diagnosed>> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut st = conn.prepare(
-        "SELECT first_seen_ms, last_seen_ms, coalesce(json_extract(json, '$.diagnosis.count'), 0), status, json
+        "SELECT first_seen_ms, last_seen_ms, coalesce(json_extract(iif(json_valid(json), json, '{}'), '$.diagnosis.count'), 0), status, json
          FROM diagnoses WHERE id = ?1 AND last_seen_ms >= ?2 AND first_seen_ms <= ?3 ORDER BY first_seen_ms",
     )?;
     let mut out = Vec::new();
@@ -496,14 +500,14 @@ fn endpoints(conn: &Connection, p: Period) -> rusqlite::Result<Vec<EndpointRow>>
     // The process: the latest diagnosis of the endpoint that names one,
     // else a failure event that carries one (outbound connects do).
     let mut diagnosed = conn.prepare(
-        "SELECT json_extract(json, '$.process.name'), json_extract(json, '$.process.pid') FROM diagnoses
-         WHERE netns = ?1 AND port = ?2 AND json_extract(json, '$.destination.ip') = ?3
-         AND json_extract(json, '$.process.name') IS NOT NULL ORDER BY last_seen_ms DESC LIMIT 1",
+        "SELECT json_extract(iif(json_valid(json), json, '{}'), '$.process.name'), json_extract(iif(json_valid(json), json, '{}'), '$.process.pid') FROM diagnoses
+         WHERE netns = ?1 AND port = ?2 AND json_extract(iif(json_valid(json), json, '{}'), '$.destination.ip') = ?3
+         AND json_extract(iif(json_valid(json), json, '{}'), '$.process.name') IS NOT NULL ORDER BY last_seen_ms DESC LIMIT 1",
     )?;
     let mut sampled = conn.prepare(
-        "SELECT json_extract(json, '$.process.name'), json_extract(json, '$.process.pid') FROM failures
+        "SELECT json_extract(iif(json_valid(json), json, '{}'), '$.process.name'), json_extract(iif(json_valid(json), json, '{}'), '$.process.pid') FROM failures
          WHERE dst_port = ?1 AND netns = ?2 AND dst_ip = ?3 AND ts_ms >= ?4 AND ts_ms <= ?5
-         AND json_extract(json, '$.process.name') IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
+         AND json_extract(iif(json_valid(json), json, '{}'), '$.process.name') IS NOT NULL ORDER BY ts_ms DESC LIMIT 1",
     )?;
     let mut queue = conn.prepare(
         "SELECT max(max_queue), max(backlog) FROM load_listeners WHERE netns = ?1 AND port = ?2
@@ -533,11 +537,13 @@ fn endpoints(conn: &Connection, p: Period) -> rusqlite::Result<Vec<EndpointRow>>
             }
         }
         let named = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?));
+        let direction = direction(&dir);
         let mut process = diagnosed.query_row(params![netns, port, ip], named).optional()?;
-        if process.is_none() {
+        // Only outbound failure events carry a process (contract, 2): an
+        // inbound endpoint's events need not be read for one.
+        if process.is_none() && direction == Direction::Outbound {
             process = sampled.query_row(params![port, netns, ip, p.from, p.to], named).optional()?;
         }
-        let direction = direction(&dir);
         let peak_queue = if direction == Direction::Inbound {
             queue
                 .query_row(params![netns, port, p.from, p.to], |r| {

@@ -16,7 +16,7 @@ use crate::diagnose::record::Kind;
 /// The charts' inner width in the page's CSS pixels; the SVGs scale down
 /// with the window (`viewBox`), never up.
 pub const WIDTH: f64 = 1100.0;
-const LEFT: f64 = 64.0;
+const LEFT: f64 = 76.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 30.0;
@@ -157,8 +157,8 @@ fn axes(f: &Frame, y_label: &str) -> Markup {
             }
             line x1=(f.left) x2=(WIDTH - RIGHT) y1=(bottom) y2=(bottom) stroke="#6b7280" stroke-width="1" {}
             line x1=(f.left) x2=(f.left) y1=(TOP) y2=(bottom) stroke="#6b7280" stroke-width="1" {}
-            text x="14" y=(TOP + f.plot_h() / 2.0) font-size="11" fill="#374151" text-anchor="middle"
-                transform=(format!("rotate(-90 14 {:.1})", TOP + f.plot_h() / 2.0)) { (y_label) }
+            text x="12" y=(TOP + f.plot_h() / 2.0) font-size="11" fill="#374151" text-anchor="middle"
+                transform=(format!("rotate(-90 12 {:.1})", TOP + f.plot_h() / 2.0)) { (y_label) }
         }
     }
 }
@@ -364,14 +364,17 @@ pub fn timeline(id: &str, label: &str, period: Period, kinds: &[Kind], episodes:
                 (k.as_str())
             }
             line x1=(f.left) x2=(WIDTH - RIGHT) y1=(y + row) y2=(y + row) stroke="#f3f4f6" {}
-            @for (_, id, e) in episodes.iter().filter(|(ek, _, _)| ek == k) {
-                @let x0 = f.x_ms(e.first);
-                @let x1 = f.x_ms(e.last).max(x0 + 3.0);
-                rect x=(format!("{x0:.1}")) y=(y + 4.0) width=(format!("{:.1}", x1 - x0)) height=(row - 8.0) rx="2"
-                    fill=(kind_color(*k)) {
+            @for bar in bars(&f, episodes.iter().filter(|(ek, _, _)| ek == k)) {
+                rect x=(format!("{:.1}", bar.x0)) y=(y + 4.0) width=(format!("{:.1}", bar.x1 - bar.x0))
+                    height=(row - 8.0) rx="2" fill=(kind_color(*k)) {
                     title {
-                        (k.as_str()) " " (id) ": " (utc(e.first).full()) " to " (utc(e.last).full()) ", "
-                        (thousands(e.count)) " failures (" (e.status) ")"
+                        @if bar.episodes == 1 {
+                            (k.as_str()) " " (bar.id) ": " (utc(bar.first).full()) " to " (utc(bar.last).full()) ", "
+                            (thousands(bar.count)) " failures (" (bar.status) ")"
+                        } @else {
+                            (k.as_str()) ": " (bar.episodes) " episodes from " (utc(bar.first).full()) " to "
+                            (utc(bar.last).full()) ", " (thousands(bar.count)) " failures"
+                        }
                     }
                 }
             }
@@ -379,6 +382,48 @@ pub fn timeline(id: &str, label: &str, period: Period, kinds: &[Kind], episodes:
         line x1=(f.left) x2=(WIDTH - RIGHT) y1=(bottom) y2=(bottom) stroke="#6b7280" {}
     };
     svg_open(height, id, label, body)
+}
+
+/// One bar of the timeline: an episode, or the episodes whose bars would
+/// touch (a month of a flapping service is thousands of episodes; the page
+/// draws at most one bar per few pixels of a row, and says how many it holds).
+struct Bar<'a> {
+    x0: f64,
+    x1: f64,
+    first: i64,
+    last: i64,
+    count: u64,
+    episodes: usize,
+    id: &'a str,
+    status: &'a str,
+}
+
+fn bars<'a>(f: &Frame, episodes: impl Iterator<Item = &'a (Kind, String, Episode)>) -> Vec<Bar<'a>> {
+    let mut out: Vec<Bar<'a>> = Vec::new();
+    for (_, id, e) in episodes {
+        let x0 = f.x_ms(e.first);
+        let x1 = f.x_ms(e.last).max(x0 + 3.0);
+        match out.last_mut() {
+            Some(b) if x0 <= b.x1 + 1.0 => {
+                b.x1 = b.x1.max(x1);
+                b.first = b.first.min(e.first);
+                b.last = b.last.max(e.last);
+                b.count += e.count;
+                b.episodes += 1;
+            }
+            _ => out.push(Bar {
+                x0,
+                x1,
+                first: e.first,
+                last: e.last,
+                count: e.count,
+                episodes: 1,
+                id,
+                status: &e.status,
+            }),
+        }
+    }
+    out
 }
 
 /// A small bar chart of counts over the period, for a table cell.
