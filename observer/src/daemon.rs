@@ -425,8 +425,8 @@ async fn diagnose(
                 }
             }
             _ = tick.tick() => {
-                if let Some(job) = diagnoser.due() {
-                    if enrich.send(job).await.is_err() {
+                for job in diagnoser.due() {
+                    if enrich.send(job).is_err() {
                         return;
                     }
                 }
@@ -436,34 +436,37 @@ async fn diagnose(
     // At shutdown: the batches with the enricher, what the next tick would
     // have opened (a burst right before the stop), then the last counts of
     // every open diagnosis. The worker's deadlines bound the wait.
-    while diagnoser.waiting() {
-        let Some((batch, got)) = facts.recv().await else { return };
-        if !send(&out, diagnoser.write(batch, got)).await {
-            return;
-        }
+    if !settle(&mut diagnoser, Vec::new(), &enrich, &mut facts, &out).await {
+        return;
     }
     let due = diagnoser.due();
-    if round_trip(&mut diagnoser, due, &enrich, &mut facts, &out).await {
+    if settle(&mut diagnoser, due, &enrich, &mut facts, &out).await {
         let unwritten = diagnoser.unwritten();
-        round_trip(&mut diagnoser, unwritten, &enrich, &mut facts, &out).await;
+        settle(&mut diagnoser, unwritten, &enrich, &mut facts, &out).await;
     }
 }
 
-/// One batch through the enrich worker and into the sinks, waited for (at
-/// shutdown). False when a channel closed.
-async fn round_trip(
+/// Hands `jobs` to the enrich worker and writes every batch it still holds
+/// (at shutdown). False when a channel closed.
+async fn settle(
     diagnoser: &mut Diagnoser,
-    job: Option<(Batch, Vec<Query>)>,
-    enrich: &mpsc::Sender<(Batch, Vec<Query>)>,
-    facts: &mut mpsc::Receiver<(Batch, Vec<Facts>)>,
+    jobs: Vec<(Batch, Vec<Query>)>,
+    enrich: &mpsc::UnboundedSender<(Batch, Vec<Query>)>,
+    facts: &mut mpsc::UnboundedReceiver<(Batch, Vec<Facts>)>,
     out: &mpsc::Sender<Record>,
 ) -> bool {
-    let Some(job) = job else { return true };
-    if enrich.send(job).await.is_err() {
-        return false;
+    for job in jobs {
+        if enrich.send(job).is_err() {
+            return false;
+        }
     }
-    let Some((batch, got)) = facts.recv().await else { return false };
-    send(out, diagnoser.write(batch, got)).await
+    while diagnoser.waiting() {
+        let Some((batch, got)) = facts.recv().await else { return false };
+        if !send(out, diagnoser.write(batch, got)).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Diagnosis records to the sinks; false when they are gone.

@@ -28,8 +28,12 @@ fn connect_failures(daemon: &Daemon, ns: &Netns) -> Vec<FailureEvent> {
     settled.into_iter().filter(|e| e.event.action == Action::ConnectFailed).collect()
 }
 
-/// Asserts that a namespace saw exactly one connect_failed and returns it.
+/// Asserts that a namespace saw exactly one connect_failed and returns it:
+/// waits for the first (an emulated VM under load can take seconds), then
+/// gives a second one time to show up.
 fn exactly_one_connect_failure(daemon: &Daemon, ns: &Netns) -> FailureEvent {
+    let netns = ns.inode();
+    daemon.expect_event("connect_failed", |e| e.observer.netns == netns && e.event.action == Action::ConnectFailed);
     let mut all = connect_failures(daemon, ns);
     assert_eq!(all.len(), 1, "exactly one connect_failed per failed connect(): {all:#?}");
     all.remove(0)

@@ -285,8 +285,10 @@ fn a_refused_storm_above_the_sampling_limit_stays_outbound_refused() {
 
 /// A hung `nft` (a stub first on the daemon's PATH that sleeps) must not
 /// hold the log: while a firewall-drop diagnosis waits for the stub's
-/// deadline, every drop still reaches the JSON log at once; then the stub
-/// is killed and the diagnosis says the rule could not be read.
+/// deadline, every drop still reaches the JSON log at once, and a
+/// diagnosis of another kind (nothing listens, in another namespace) does
+/// not wait behind it; then the stub is killed and the firewall diagnosis
+/// says the rule could not be read.
 #[test]
 fn a_hung_nft_does_not_delay_the_log() {
     let stubs = tempfile::tempdir().unwrap();
@@ -303,8 +305,11 @@ fn a_hung_nft_does_not_delay_the_log() {
     let d = Daemon::start_env(dir, &state, &[], Some(&config), &[("PATH", &path)]);
     let ns = Netns::new("hungnft");
     ns.nft("table inet fw {\n  chain input {\n    type filter hook input priority 0;\n    tcp dport 8097 tcp flags syn drop\n  }\n}\n");
+    let other = Netns::new("hungnft-refused");
     let started = Instant::now();
     let mut worst = Duration::ZERO;
+    let mut refused_at = None;
+    let mut no_listener_after = None;
     // One dropped SYN every 250 ms for longer than the stub's deadline:
     // the diagnosis opens after the first few and waits on the stub.
     for i in 0..20u16 {
@@ -322,8 +327,27 @@ fn a_hung_nft_does_not_delay_the_log() {
             assert!(sent.elapsed() < Duration::from_secs(5), "drop {i} not in the log within 5 s:\n{}", d.stderr());
             std::thread::sleep(Duration::from_millis(10));
         }
+        if i == 6 {
+            // 1.5 s in: the firewall diagnosis is waiting on the stub.
+            refused_at = Some(Instant::now());
+            other.run(|| {
+                for port in 0..5u16 {
+                    let _ = connect_from(sa("127.0.0.1", 47400 + port), sa("127.0.0.1", 8098), Duration::from_secs(1));
+                }
+            });
+        }
+        if let (Some(at), None) = (refused_at, no_listener_after) {
+            if d.diagnoses().iter().any(|r| r["diagnosis"]["kind"] == "no_listener") {
+                no_listener_after = Some(at.elapsed());
+            }
+        }
         std::thread::sleep(Duration::from_millis(250).saturating_sub(sent.elapsed()));
     }
+    let no_listener_after = no_listener_after.expect("a no_listener diagnosis while nft hung");
+    assert!(
+        no_listener_after < Duration::from_millis(1500),
+        "the no_listener diagnosis waited {no_listener_after:?} behind the hung nft"
+    );
     assert!(started.elapsed() > Duration::from_millis(timeout_ms), "the drops must outlast the stub's deadline");
     // The log's flush follows each burst at once; one second is the bound
     // a reader of the log would notice, far below the stub's 3 s.

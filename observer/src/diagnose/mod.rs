@@ -58,22 +58,29 @@ impl Diagnoser {
     }
 
     /// The diagnoses due now, and what to ask the enricher for them.
-    pub fn due(&mut self) -> Option<(Batch, Vec<Query>)> {
+    pub fn due(&mut self) -> Vec<(Batch, Vec<Query>)> {
         let due = self.engine.due(SystemTime::now());
-        self.batch(due)
+        self.batches(due)
     }
 
     /// At shutdown: the open diagnoses whose last counts are not written yet.
-    pub fn unwritten(&mut self) -> Option<(Batch, Vec<Query>)> {
+    pub fn unwritten(&mut self) -> Vec<(Batch, Vec<Query>)> {
         let due = self.engine.unwritten();
-        self.batch(due)
+        self.batches(due)
     }
 
-    fn batch(&mut self, due: Vec<Due>) -> Option<(Batch, Vec<Query>)> {
-        let due: Vec<Due> = due.into_iter().filter(|d| !self.waiting.contains(&d.key)).collect();
-        if due.is_empty() {
-            return None;
-        }
+    /// At most two batches: the firewall's diagnoses, whose facts wait for
+    /// `nft` (up to its deadline), apart from the others, which the kernel
+    /// and /proc answer in milliseconds and must not wait behind them.
+    fn batches(&mut self, due: Vec<Due>) -> Vec<(Batch, Vec<Query>)> {
+        let (firewall, other): (Vec<Due>, Vec<Due>) = due
+            .into_iter()
+            .filter(|d| !self.waiting.contains(&d.key))
+            .partition(|d| matches!(d.key.class, Class::FirewallDrop | Class::FirewallReject));
+        [other, firewall].into_iter().filter(|b| !b.is_empty()).map(|due| self.batch(due)).collect()
+    }
+
+    fn batch(&mut self, due: Vec<Due>) -> (Batch, Vec<Query>) {
         let queries = due
             .iter()
             .map(|d| Query {
@@ -89,7 +96,7 @@ impl Diagnoser {
             })
             .collect();
         self.waiting.extend(due.iter().map(|d| d.key));
-        Some((Batch { due }, queries))
+        (Batch { due }, queries)
     }
 
     /// The records of a batch, now that its facts are here (one per due

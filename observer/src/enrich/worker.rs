@@ -62,32 +62,59 @@ impl Rulesets {
     }
 }
 
+/// Jobs the worker runs at once. Why more than one: a firewall diagnosis
+/// waits for `nft` (up to its deadline), and a diagnosis of another kind due
+/// at the same moment must not wait behind it. Why a few and not one per
+/// job: the blocking reads share one enricher (its snapshots and listener
+/// history) and would only queue on its lock.
+const CONCURRENT_JOBS: usize = 4;
+
 /// The two ends of a running worker: `jobs` takes `(tag, queries)`, `done`
-/// answers `(tag, facts)`, one `Facts` per query, in order, batches in the
-/// order they came.
+/// answers `(tag, facts)`, one `Facts` per query, in order; jobs may finish
+/// out of order.
+///
+/// Unbounded channels, on purpose: the diagnose stage must never wait to
+/// hand over a job (it would stop taking events), and it hands out at most
+/// one job per tracked endpoint at a time, so the endpoints' cap
+/// (`diagnosis.max_endpoints`) bounds both queues.
 pub struct Handle<T> {
-    pub jobs: mpsc::Sender<(T, Vec<Query>)>,
-    pub done: mpsc::Receiver<(T, Vec<Facts>)>,
+    pub jobs: mpsc::UnboundedSender<(T, Vec<Query>)>,
+    pub done: mpsc::UnboundedReceiver<(T, Vec<Facts>)>,
 }
 
 /// Starts the worker. It ends when `jobs` is dropped, after answering what
 /// it holds.
 pub fn spawn<T: Send + 'static>(enricher: Arc<Mutex<Enricher>>, firewall: FirewallSettings) -> Handle<T> {
-    let (jobs_tx, mut jobs) = mpsc::channel::<(T, Vec<Query>)>(64);
-    let (done_tx, done) = mpsc::channel(64);
+    let (jobs_tx, mut jobs) = mpsc::unbounded_channel::<(T, Vec<Query>)>();
+    let (done_tx, done) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut rulesets = Rulesets { settings: firewall, cache: HashMap::new() };
+        // One cache of rulesets, locked across a read: two diagnoses in one
+        // namespace run nft once, and a hung nft holds only the firewall's
+        // diagnoses, for its deadline.
+        let rulesets = Arc::new(tokio::sync::Mutex::new(Rulesets { settings: firewall, cache: HashMap::new() }));
+        let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_JOBS));
+        let mut running = tokio::task::JoinSet::new();
         while let Some((tag, queries)) = jobs.recv().await {
-            let facts = facts(&enricher, &mut rulesets, queries).await;
-            if done_tx.send((tag, facts)).await.is_err() {
-                break;
-            }
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let (enricher, rulesets, done) = (enricher.clone(), rulesets.clone(), done_tx.clone());
+            running.spawn(async move {
+                let facts = facts(&enricher, &rulesets, queries).await;
+                let _ = done.send((tag, facts));
+                drop(permit);
+            });
+            // Reap what finished, so the set does not grow with the daemon's age.
+            while running.try_join_next().is_some() {}
         }
+        while running.join_next().await.is_some() {}
     });
     Handle { jobs: jobs_tx, done }
 }
 
-async fn facts(enricher: &Arc<Mutex<Enricher>>, rulesets: &mut Rulesets, queries: Vec<Query>) -> Vec<Facts> {
+async fn facts(
+    enricher: &Arc<Mutex<Enricher>>,
+    rulesets: &tokio::sync::Mutex<Rulesets>,
+    queries: Vec<Query>,
+) -> Vec<Facts> {
     let n = queries.len();
     let enricher = enricher.clone();
     let asked = queries.clone();
@@ -111,7 +138,8 @@ async fn facts(enricher: &Arc<Mutex<Enricher>>, rulesets: &mut Rulesets, queries
     let mut out = Vec::with_capacity(n);
     for (q, (mut facts, path)) in asked.into_iter().zip(local) {
         if let (Some(verdict), Some(path)) = (q.verdict, path) {
-            match rulesets.get(q.netns, &path).await.as_ref() {
+            let rs = rulesets.lock().await.get(q.netns, &path).await;
+            match rs.as_ref() {
                 Ok(rs) => facts.firewall = rs.matching(q.port, q.client, verdict.as_str()),
                 Err(e) => facts.errors.push(format!("nftables ruleset: {e}")),
             }
