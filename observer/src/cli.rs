@@ -37,6 +37,10 @@ pub enum Command {
     Events(EventsArgs),
     /// Everything the host knows about one port, now and recently.
     Why(WhyArgs),
+    /// One self-contained HTML page of the patterns in the history: failures
+    /// by kind over time against the load, the hours they happen, the
+    /// diagnoses that come back, the endpoints that fail most.
+    Report(ReportArgs),
     /// Kernel, BTF, tracefs, cgroups: which hooks load here and what is degraded.
     Doctor(DoctorArgs),
     /// Print the default configuration, every option documented.
@@ -122,6 +126,16 @@ pub struct WhyArgs {
     /// `observer.netns`) instead of the caller's own.
     #[arg(long)]
     pub netns: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// How far back (e.g. 1d, 7d, 30d).
+    #[arg(long, default_value = "7d", value_parser = crate::views::parse_since)]
+    pub since: std::time::Duration,
+    /// Write the page to this file (created 0640) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -150,13 +150,28 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     let (records_tx, rx) = mpsc::channel::<Record>(4096);
     let (diagnose_tx, diagnose_rx) = mpsc::channel::<FailureEvent>(DIAGNOSE_QUEUE);
     let fanout_task = tokio::spawn(fan_out(events, records_tx.clone(), diagnose_tx, stats.clone()));
-    let enricher = Arc::new(std::sync::Mutex::new(Enricher::new(
+    let history = store.map(|store| history::Writer::start(store, stats.clone(), config.history.pending_max));
+    let mut enricher = Enricher::new(
         Duration::from_millis(config.enrich.snapshot_max_age_ms),
         Duration::from_secs(config.enrich.listener_history_secs),
         config.enrich.max_listener_history,
-    )));
-    let poller =
-        tokio::spawn(worker::poll_listeners(enricher.clone(), Duration::from_millis(config.enrich.poll_interval_ms)));
+    );
+    // The load goes to the history only: without one it is not sampled.
+    let loads = history.as_ref().filter(|_| config.enrich.load_interval_secs > 0).map(history::Writer::loads);
+    if loads.is_some() {
+        enricher = enricher.with_load(Duration::from_secs(config.enrich.load_interval_secs));
+    }
+    let enricher = Arc::new(std::sync::Mutex::new(enricher));
+    let load_stats = stats.clone();
+    let poller = tokio::spawn(worker::poll_listeners(
+        enricher.clone(),
+        Duration::from_millis(config.enrich.poll_interval_ms),
+        move |sample| {
+            if let Some(l) = &loads {
+                l.send(sample, &load_stats);
+            }
+        },
+    ));
     let enrich = worker::spawn(
         enricher,
         worker::FirewallSettings {
@@ -168,7 +183,6 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     let diagnose_task =
         tokio::spawn(diagnose(Diagnoser::new(config.diagnosis.clone()), diagnose_rx, enrich, records_tx));
 
-    let history = store.map(|store| history::Writer::start(store, stats.clone(), config.history.pending_max));
     let reopen = Arc::new(Notify::new());
     let sink_task = tokio::spawn(sink(log, history, outputs, rx, reopen.clone(), stats.clone()));
     let health_writer = match health::Writer::new(&config.daemon.runtime_dir) {
@@ -204,6 +218,9 @@ pub async fn run(config: Config, shared: bool) -> anyhow::Result<()> {
     drop(ebpf);
     let _ = shutdown_tx.send(true);
     poller.abort();
+    // Awaited, so that its handle on the history is dropped before the
+    // sink closes the history (the writer thread waits for every handle).
+    let _ = poller.await;
     if let Err(e) = capture_task.await {
         warn!("capture task ended abnormally: {e}");
     }

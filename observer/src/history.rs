@@ -13,6 +13,13 @@
 //!   that the oldest are dropped and counted, never silently.
 //! - A diagnosis episode is one row keyed by (id, first_seen), updated by
 //!   each record of the episode, so the row always holds the latest counts.
+//! - Load (`enrich::load`) is two tables beside the failures, because its
+//!   two halves have different keys: `load_netns` (connections accepted and
+//!   opened per namespace and period: the kernel counts them per namespace)
+//!   and `load_listeners` (accept-queue depth per listener and period). They
+//!   age out with the failures (`max_age_days`), and the size cap deletes
+//!   the oldest rows of all three first, so that a week of load never
+//!   pushes out a day of failures.
 
 use std::{
     collections::VecDeque,
@@ -31,7 +38,8 @@ use thiserror::Error;
 use tracing::warn;
 
 use crate::{
-    config::HistoryConfig, diagnose::record::DiagnosisRecord, event::FailureEvent, sink::Record, stats::Stats,
+    config::HistoryConfig, diagnose::record::DiagnosisRecord, enrich::LoadSample, event::FailureEvent, sink::Record,
+    stats::Stats,
 };
 
 pub const DB_FILE: &str = "history.sqlite";
@@ -76,6 +84,45 @@ CREATE TABLE IF NOT EXISTS diagnoses (
 );
 CREATE INDEX IF NOT EXISTS diagnoses_last ON diagnoses(last_seen_ms);
 ";
+
+/// The load tables (a history written before them has none: `Reader`
+/// reads it as one without load).
+const LOAD_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS load_netns (
+    ts_ms INTEGER NOT NULL,
+    period_ms INTEGER NOT NULL,
+    netns INTEGER NOT NULL,
+    accepted INTEGER NOT NULL,
+    connects INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS load_netns_ts ON load_netns(ts_ms);
+CREATE TABLE IF NOT EXISTS load_listeners (
+    ts_ms INTEGER NOT NULL,
+    period_ms INTEGER NOT NULL,
+    netns INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    backlog INTEGER NOT NULL,
+    max_queue INTEGER NOT NULL,
+    mean_queue REAL NOT NULL,
+    samples INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS load_listeners_ts ON load_listeners(ts_ms);
+CREATE INDEX IF NOT EXISTS load_listeners_port ON load_listeners(netns, port, ts_ms);
+";
+
+/// The tables whose rows age out by `ts_ms` and that the size cap trims,
+/// oldest rows first whichever table holds them. Names, not values: they
+/// are written into the statements, the values are bound.
+const TIMED: [&str; 3] = ["failures", "load_netns", "load_listeners"];
+
+/// What the writer thread commits: the records of the sinks, and the load
+/// samples, which only the history keeps.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    Record(Record),
+    Load(Box<LoadSample>),
+}
 
 pub fn ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -135,18 +182,20 @@ impl Store {
         conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL; PRAGMA auto_vacuum=INCREMENTAL;")
             .map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        conn.execute_batch(LOAD_SCHEMA).map_err(sql)?;
         Ok(Store { conn, path, cfg: cfg.clone(), last_prune: None })
     }
 
     /// Writes a batch in one transaction: all of it or nothing.
-    pub fn write(&mut self, batch: &[Record]) -> Result<(), HistoryError> {
+    pub fn write(&mut self, batch: &[Entry]) -> Result<(), HistoryError> {
         let path = self.path.clone();
         let sql = |e| HistoryError::Sql(path.clone(), e);
         let tx = self.conn.transaction().map_err(sql)?;
-        for r in batch {
-            match r {
-                Record::Failure(e) => insert_failure(&tx, e).map_err(sql)?,
-                Record::Diagnosis(d) => upsert_diagnosis(&tx, d).map_err(sql)?,
+        for entry in batch {
+            match entry {
+                Entry::Record(Record::Failure(e)) => insert_failure(&tx, e).map_err(sql)?,
+                Entry::Record(Record::Diagnosis(d)) => upsert_diagnosis(&tx, d).map_err(sql)?,
+                Entry::Load(l) => insert_load(&tx, l).map_err(sql)?,
             }
         }
         tx.commit().map_err(sql)
@@ -161,15 +210,20 @@ impl Store {
         let path = self.path.clone();
         let sql = |e| HistoryError::Sql(path.clone(), e);
         let cutoff = ms(now) - (self.cfg.max_age_days as i64) * 86_400_000;
-        let mut deleted = self.conn.execute("DELETE FROM failures WHERE ts_ms < ?1", [cutoff]).map_err(sql)? as u64;
+        let mut deleted = 0;
+        for table in TIMED {
+            deleted +=
+                self.conn.execute(&format!("DELETE FROM {table} WHERE ts_ms < ?1"), [cutoff]).map_err(sql)? as u64;
+        }
         deleted += self.conn.execute("DELETE FROM diagnoses WHERE last_seen_ms < ?1", [cutoff]).map_err(sql)? as u64;
         Ok(deleted + self.cap_size()?)
     }
 
-    /// Deletes the oldest failure events until the database is under
-    /// `max_bytes`, and gives the freed pages back to the file system.
-    /// Checked after every commit (reading the page counts is cheap), so
-    /// a burst cannot grow the file past its cap by more than one batch.
+    /// Deletes the oldest failure events and load rows until the database
+    /// is under `max_bytes`, and gives the freed pages back to the file
+    /// system. Checked after every commit (reading the page counts is
+    /// cheap), so a burst cannot grow the file past its cap by more than
+    /// one batch.
     pub fn cap_size(&mut self) -> Result<u64, HistoryError> {
         let path = self.path.clone();
         let sql = |e| HistoryError::Sql(path.clone(), e);
@@ -178,9 +232,27 @@ impl Store {
             if self.size_bytes().map_err(sql)? <= self.cfg.max_bytes {
                 break;
             }
+            // The table that holds the oldest row (each min() is one step
+            // down its ts_ms index).
+            let mut oldest: Option<(i64, &str)> = None;
+            for table in TIMED {
+                let min: Option<i64> =
+                    self.conn.query_row(&format!("SELECT min(ts_ms) FROM {table}"), [], |r| r.get(0)).map_err(sql)?;
+                if let Some(min) = min {
+                    if oldest.is_none_or(|(o, _)| min < o) {
+                        oldest = Some((min, table));
+                    }
+                }
+            }
+            let Some((_, table)) = oldest else { break };
             let n = self
                 .conn
-                .execute("DELETE FROM failures WHERE id IN (SELECT id FROM failures ORDER BY id LIMIT 1000)", [])
+                .execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY ts_ms LIMIT 1000)"
+                    ),
+                    [],
+                )
                 .map_err(sql)?;
             deleted += n as u64;
             if n == 0 {
@@ -247,6 +319,34 @@ fn upsert_diagnosis(tx: &rusqlite::Transaction<'_>, d: &DiagnosisRecord) -> rusq
     Ok(())
 }
 
+fn insert_load(tx: &rusqlite::Transaction<'_>, l: &LoadSample) -> rusqlite::Result<()> {
+    let (at, period) = (ms(l.at), l.period.as_millis() as i64);
+    let mut ns = tx.prepare_cached(
+        "INSERT INTO load_netns (ts_ms, period_ms, netns, accepted, connects) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for n in &l.namespaces {
+        ns.execute(params![at, period, n.netns, n.accepted as i64, n.connects as i64])?;
+    }
+    let mut ls = tx.prepare_cached(
+        "INSERT INTO load_listeners (ts_ms, period_ms, netns, address, port, backlog, max_queue, mean_queue, samples)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for q in &l.listeners {
+        ls.execute(params![
+            at,
+            period,
+            q.netns,
+            q.address.to_string(),
+            q.port,
+            q.backlog,
+            q.max_queue,
+            q.mean_queue,
+            q.samples
+        ])?;
+    }
+    Ok(())
+}
+
 /// Records committed per transaction. A backlog (the disk was full for a
 /// while) is written back in transactions of this size, each with its own
 /// commit, rather than one transaction of the whole backlog: that one needed
@@ -258,7 +358,7 @@ const BATCH: usize = 2000;
 /// The writer thread's handle: records go in with `send` (never blocking
 /// the pipeline); `close` commits what is left and waits.
 pub struct Writer {
-    tx: Option<mpsc::Sender<Record>>,
+    tx: Option<mpsc::Sender<Entry>>,
     /// Records sent and not yet committed (in the channel or held for a
     /// retry). One count for both bounds the memory the history may hold
     /// to `pending_max` records, however long the disk stays full. Not a
@@ -271,13 +371,13 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(mut store: Store, stats: Arc<Stats>, pending_max: usize) -> Writer {
-        let (tx, rx) = mpsc::channel::<Record>();
+        let (tx, rx) = mpsc::channel::<Entry>();
         let held = Arc::new(AtomicUsize::new(0));
         let committed = held.clone();
         let thread = std::thread::Builder::new()
             .name("history".to_owned())
             .spawn(move || {
-                let mut pending: VecDeque<Record> = VecDeque::new();
+                let mut pending: VecDeque<Entry> = VecDeque::new();
                 let mut health = WriteHealth::default();
                 loop {
                     let wait = if health.failing { RETRY_AFTER } else { Duration::from_secs(60) };
@@ -308,23 +408,51 @@ impl Writer {
     /// already wait for the disk.
     pub fn send(&self, r: &Record, stats: &Stats) {
         let Some(tx) = &self.tx else { return };
-        if self.held.load(Ordering::Relaxed) >= self.pending_max {
-            stats.history_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.held.fetch_add(1, Ordering::Relaxed);
-        if tx.send(r.clone()).is_err() {
-            self.held.fetch_sub(1, Ordering::Relaxed);
-            stats.history_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        queue(tx, &self.held, self.pending_max, Entry::Record(r.clone()), stats);
     }
 
-    /// Commits everything sent so far and stops the thread.
+    /// A handle that queues load samples from another task (the listener
+    /// poller), within the same `pending_max`. `close` waits for every
+    /// handle to be dropped.
+    pub fn loads(&self) -> LoadSender {
+        LoadSender { tx: self.tx.clone(), held: self.held.clone(), pending_max: self.pending_max }
+    }
+
+    /// Commits everything sent so far and stops the thread (once every
+    /// `LoadSender` is gone too).
     pub fn close(mut self) {
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Queues load samples for the writer thread (`Writer::loads`).
+pub struct LoadSender {
+    tx: Option<mpsc::Sender<Entry>>,
+    held: Arc<AtomicUsize>,
+    pending_max: usize,
+}
+
+impl LoadSender {
+    /// Queues a sample, or drops and counts it (`history_dropped`) when
+    /// `pending_max` entries already wait for the disk.
+    pub fn send(&self, sample: LoadSample, stats: &Stats) {
+        let Some(tx) = &self.tx else { return };
+        queue(tx, &self.held, self.pending_max, Entry::Load(Box::new(sample)), stats);
+    }
+}
+
+fn queue(tx: &mpsc::Sender<Entry>, held: &AtomicUsize, pending_max: usize, entry: Entry, stats: &Stats) {
+    if held.load(Ordering::Relaxed) >= pending_max {
+        stats.history_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    held.fetch_add(1, Ordering::Relaxed);
+    if tx.send(entry).is_err() {
+        held.fetch_sub(1, Ordering::Relaxed);
+        stats.history_dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -374,7 +502,7 @@ impl WriteHealth {
 /// Commits what is pending in transactions of `BATCH` records, oldest
 /// first, until all are in or one fails (the rest wait for the retry).
 /// Returns how many were committed.
-fn flush(store: &mut Store, pending: &mut VecDeque<Record>, stats: &Stats, health: &mut WriteHealth) -> usize {
+fn flush(store: &mut Store, pending: &mut VecDeque<Entry>, stats: &Stats, health: &mut WriteHealth) -> usize {
     let mut committed = 0;
     while !pending.is_empty() {
         let n = pending.len().min(BATCH);
@@ -382,7 +510,7 @@ fn flush(store: &mut Store, pending: &mut VecDeque<Record>, stats: &Stats, healt
         let result = if front.len() >= n {
             store.write(&front[..n])
         } else {
-            let batch: Vec<Record> = front.iter().chain(back.iter()).take(n).cloned().collect();
+            let batch: Vec<Entry> = front.iter().chain(back.iter()).take(n).cloned().collect();
             store.write(&batch)
         };
         match result {
@@ -423,9 +551,28 @@ impl Reader {
             .map_err(|e| HistoryError::Sql(path.clone(), e))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| HistoryError::Sql(path.clone(), e))?;
         // A permission problem shows at the first read, not at open: check now.
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+        let load: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'load_netns'", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| HistoryError::Sql(path.clone(), e))?;
+        if load == 0 {
+            // A history from before the load tables, which a read-only
+            // reader cannot add to the file: empty temporary ones (in this
+            // connection only) stand in.
+            let empty = LOAD_SCHEMA
+                .replace("CREATE TABLE IF NOT EXISTS ", "CREATE TEMP TABLE IF NOT EXISTS ")
+                .replace("CREATE INDEX IF NOT EXISTS ", "CREATE INDEX IF NOT EXISTS temp.");
+            conn.execute_batch(&format!("PRAGMA temp_store = MEMORY; {empty}"))
+                .map_err(|e| HistoryError::Sql(path.clone(), e))?;
+        }
         Ok(Reader { conn })
+    }
+
+    /// The read-only connection, for views whose queries are their own
+    /// (`observer report`); the tables are those of `SCHEMA` and `LOAD_SCHEMA`.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Diagnosis episodes seen since `since`, most recent first.
@@ -516,4 +663,101 @@ pub struct BucketQuery<'a> {
     pub actions: &'a [Action],
     pub port: Option<u16>,
     pub source: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::load::{ListenerLoad, NetnsLoad};
+
+    fn failure(ts: SystemTime) -> Entry {
+        let json = serde_json::json!({
+            "@timestamp": humantime::format_rfc3339_micros(ts).to_string(),
+            "event": {"dataset": "observer.failure", "action": "refused", "count": 1, "kind": "event",
+                      "category": ["network"], "outcome": "failure"},
+            "source": {"ip": "192.0.2.1", "port": 40000}, "destination": {"ip": "10.0.0.1", "port": 80},
+            "network": {"transport": "tcp", "type": "ipv4"}, "observer": {"netns": 1, "direction": "inbound"},
+        });
+        Entry::Record(Record::Failure(serde_json::from_value(json).unwrap()))
+    }
+
+    fn load(at: SystemTime, listeners: u16) -> Entry {
+        Entry::Load(Box::new(LoadSample {
+            at,
+            period: Duration::from_secs(60),
+            namespaces: vec![NetnsLoad { netns: 1, accepted: 10, connects: 2 }],
+            listeners: (0..listeners)
+                .map(|port| ListenerLoad {
+                    netns: 1,
+                    address: "10.0.0.1".parse().unwrap(),
+                    port,
+                    backlog: 128,
+                    max_queue: 3,
+                    mean_queue: 1.5,
+                    samples: 30,
+                })
+                .collect(),
+        }))
+    }
+
+    fn rows(store: &Store, table: &str) -> i64 {
+        store.conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn the_size_cap_trims_the_oldest_rows_of_failures_and_load_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), &HistoryConfig::default(), "").unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(86_400);
+        // A day ago the load, then the failures: the load is older.
+        let old: Vec<Entry> = (0..20).map(|i| load(t0 + Duration::from_secs(i), 200)).collect();
+        store.write(&old).unwrap();
+        let new: Vec<Entry> = (0..2000).map(|i| failure(t0 + Duration::from_secs(3600 + i))).collect();
+        store.write(&new).unwrap();
+        assert_eq!(
+            (rows(&store, "load_listeners"), rows(&store, "load_netns"), rows(&store, "failures")),
+            (4000, 20, 2000)
+        );
+        store.cfg.max_bytes = store.size_bytes().unwrap() * 3 / 4;
+        let deleted = store.cap_size().unwrap();
+        assert!(deleted > 0 && store.size_bytes().unwrap() <= store.cfg.max_bytes);
+        assert!(rows(&store, "load_listeners") < 4000, "the oldest rows went first");
+        assert_eq!(rows(&store, "failures"), 2000, "newer failures stay while older load rows remain to delete");
+    }
+
+    #[test]
+    fn a_history_from_before_the_load_tables_reads_as_one_without_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        drop(conn);
+        let reader = Reader::open(dir.path()).unwrap();
+        let n: i64 = reader
+            .connection()
+            .query_row("SELECT count(*) + (SELECT count(*) FROM load_listeners) FROM load_netns", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        // And a current one keeps its own.
+        let mut store = Store::open(dir.path(), &HistoryConfig::default(), "").unwrap();
+        store.write(&[load(SystemTime::now(), 1)]).unwrap();
+        let reader = Reader::open(dir.path()).unwrap();
+        let n: i64 = reader.connection().query_row("SELECT count(*) FROM load_listeners", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn load_ages_out_with_the_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = HistoryConfig { max_age_days: 1, ..HistoryConfig::default() };
+        let mut store = Store::open(dir.path(), &cfg, "").unwrap();
+        let now = SystemTime::now();
+        let batch = [
+            load(now - Duration::from_secs(2 * 86_400), 1),
+            failure(now - Duration::from_secs(2 * 86_400)),
+            load(now - Duration::from_secs(60), 2),
+        ];
+        store.write(&batch).unwrap();
+        store.prune(now).unwrap();
+        assert_eq!((rows(&store, "load_netns"), rows(&store, "load_listeners"), rows(&store, "failures")), (1, 2, 0));
+    }
 }

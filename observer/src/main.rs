@@ -86,6 +86,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             views::why::show(&why, reader, &mut std::io::stdout().lock())
         }
+        Command::Report(args) => {
+            let reader = Reader::open(&config.daemon.state_dir)?;
+            let html = views::report::render(&reader, args.since, std::time::SystemTime::now())?;
+            views::report::write(&html, args.out.as_deref())?;
+            if let Some(out) = &args.out {
+                eprintln!("observer: wrote {} ({} KiB)", out.display(), html.len().div_ceil(1024));
+            }
+            Ok(())
+        }
         Command::Doctor(args) => {
             let report = doctor::report(&config);
             if args.json {

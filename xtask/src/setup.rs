@@ -26,6 +26,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ("rsyslog", "a real syslog receiver for the syslog output tests"),
     ("python3-aiosmtpd", "a real SMTP server (STARTTLS, AUTH) for the e-mail alert tests, run by /usr/bin/python3"),
     ("systemd", "systemd-analyze verifies the service unit in the tests"),
+    (
+        "chromium",
+        "the report test renders `observer report`'s page in a real browser (headless) and checks its screenshot; \
+         large (about 300 MB with its libraries), test-only",
+    ),
+    (
+        "fonts-dejavu-core",
+        "a font for the headless browser to draw the report's text with (chromium does not pull one)",
+    ),
 ];
 
 /// Name under which rustc-web is registered with rustup (observer/build.rs).

@@ -226,6 +226,12 @@ pub struct EnrichConfig {
     pub listener_history_secs: u64,
     /// Listeners that went away remembered at most (the oldest are forgotten first).
     pub max_listener_history: usize,
+    /// How often the load is written to the history, in seconds (1 to 3600,
+    /// at least one poll interval; 0: not kept): per namespace the connections
+    /// accepted (handshakes completed) and opened outbound, per listener the
+    /// deepest and the mean accept queue seen at the polls. One row per
+    /// namespace and listener that had any, so idle ones cost nothing.
+    pub load_interval_secs: u64,
 }
 
 impl Default for DiagnosisConfig {
@@ -253,6 +259,7 @@ impl Default for EnrichConfig {
             snapshot_max_age_ms: 1000,
             listener_history_secs: 3600,
             max_listener_history: 4096,
+            load_interval_secs: 60,
         }
     }
 }
@@ -380,6 +387,14 @@ impl Config {
         if self.enrich.poll_interval_ms < 100 {
             return Err(format!("enrich.poll_interval_ms = {}: must be at least 100", self.enrich.poll_interval_ms));
         }
+        let load = self.enrich.load_interval_secs;
+        if load != 0 && (load > 3600 || load * 1000 < self.enrich.poll_interval_ms) {
+            return Err(format!(
+                "enrich.load_interval_secs = {load}: must be 0 (off) or 1 to 3600, and at least \
+                 enrich.poll_interval_ms ({} ms)",
+                self.enrich.poll_interval_ms
+            ));
+        }
         if !(100..=60_000).contains(&self.enrich.command_timeout_ms) {
             return Err(format!(
                 "enrich.command_timeout_ms = {}: must be 100 to 60000",
@@ -479,6 +494,13 @@ mod tests {
             "{err}"
         );
         assert!(parse("[capture]\nreconciliation_records_per_poll = 0\n").is_err());
+        let err = parse("[enrich]\npoll_interval_ms = 5000\nload_interval_secs = 2\n").unwrap_err();
+        assert!(
+            err.to_string().contains("line 3: enrich.load_interval_secs = 2: must be 0 (off) or 1 to 3600"),
+            "{err}"
+        );
+        assert!(parse("[enrich]\nload_interval_secs = 3601\n").is_err());
+        assert!(parse("[enrich]\nload_interval_secs = 0\n").is_ok(), "0 turns the load history off");
     }
 
     #[test]

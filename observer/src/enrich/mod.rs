@@ -9,10 +9,14 @@
 //! the most useful fact of a `no_listener` diagnosis, and it cannot be read
 //! afterwards. So every namespace is polled (`poll`), and each listener is
 //! remembered with its owner until `history` after it disappears.
+//!
+//! Load: the same polls read each namespace's TCP counters and listener
+//! queues into load samples for the history (`load`).
 
 pub mod command;
 pub mod firewall;
 pub mod listeners;
+pub mod load;
 pub mod owners;
 pub mod sysctl;
 pub mod worker;
@@ -27,7 +31,12 @@ use std::{
 use serde::Serialize;
 use tracing::debug;
 
-pub use self::{firewall::FirewallRule, listeners::Listener, owners::Owner};
+pub use self::{
+    firewall::FirewallRule,
+    listeners::Listener,
+    load::{LoadSample, TcpCounters},
+    owners::Owner,
+};
 use crate::netns::{self, Directory};
 
 /// A listener and the process that holds it (when /proc told).
@@ -44,6 +53,8 @@ pub struct OwnedListener {
 pub struct Snapshot {
     pub listeners: Vec<OwnedListener>,
     pub sysctls: BTreeMap<String, i64>,
+    /// The namespace's load counters; `None` when they could not be read.
+    pub counters: Option<TcpCounters>,
 }
 
 /// A listener seen by the poller, kept after it goes away.
@@ -119,6 +130,7 @@ pub struct Enricher {
     snapshots: HashMap<u32, (Instant, Arc<Snapshot>)>,
     owners: HashMap<u64, Owner>,
     history: HashMap<(u32, IpAddr, u16), Seen>,
+    load: Option<load::Aggregator>,
 }
 
 impl Enricher {
@@ -133,19 +145,38 @@ impl Enricher {
             snapshots: HashMap::new(),
             owners: HashMap::new(),
             history: HashMap::new(),
+            load: None,
         }
     }
 
+    /// Samples the load at every poll, and hands it out every `every`
+    /// (`poll` returns it).
+    pub fn with_load(mut self, every: Duration) -> Enricher {
+        self.load = Some(load::Aggregator::new(every));
+        self
+    }
+
     /// Snapshots every reachable namespace, so that listeners are in the
-    /// history before they go away.
-    pub fn poll(&mut self) {
+    /// history before they go away; returns the load sample of the period
+    /// that ended, if one did.
+    pub fn poll(&mut self) -> Option<LoadSample> {
         let now = SystemTime::now();
-        for ns in self.dir.all() {
-            if let Err(e) = self.refresh(ns, now) {
-                debug!("polling netns {ns}: {e}");
+        let all = self.dir.all();
+        for &ns in &all {
+            match self.refresh(ns, now) {
+                Ok(s) => {
+                    if let Some(load) = &mut self.load {
+                        let listeners: Vec<Listener> = s.listeners.iter().map(|l| l.listener.clone()).collect();
+                        load.add(now, ns, s.counters, &listeners);
+                    }
+                }
+                Err(e) => debug!("polling netns {ns}: {e}"),
             }
         }
         self.prune(now);
+        let load = self.load.as_mut()?;
+        load.retain(&all);
+        load.take_due(now)
     }
 
     /// A file that refers to the namespace, for a command run inside it;
@@ -190,9 +221,11 @@ impl Enricher {
     }
 
     fn refresh(&mut self, netns: u32, now: SystemTime) -> Result<Arc<Snapshot>, String> {
-        let (listeners, sysctls) =
-            netns::run_in(&mut self.dir, netns, || (listeners::dump(), sysctl::read())).map_err(|e| e.to_string())?;
+        let (listeners, sysctls, counters) =
+            netns::run_in(&mut self.dir, netns, || (listeners::dump(), sysctl::read(), load::read_counters()))
+                .map_err(|e| e.to_string())?;
         let listeners = listeners.map_err(|e| format!("sock_diag in netns {netns}: {e}"))?;
+        let counters = counters.map_err(|e| debug!("netns {netns}: {e}")).ok();
         let unknown: HashSet<u64> =
             listeners.iter().map(|l| l.inode as u64).filter(|i| !self.owners.contains_key(i)).collect();
         self.owners.extend(owners::find(&unknown));
@@ -217,7 +250,7 @@ impl Enricher {
                 Seen { netns, listener: l.clone(), last_present: now, gone: None },
             );
         }
-        let snapshot = Arc::new(Snapshot { listeners, sysctls });
+        let snapshot = Arc::new(Snapshot { listeners, sysctls, counters });
         self.snapshots.insert(netns, (Instant::now(), snapshot.clone()));
         Ok(snapshot)
     }

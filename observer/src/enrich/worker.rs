@@ -23,7 +23,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{firewall, Enricher, Facts, Query};
+use super::{firewall, Enricher, Facts, LoadSample, Query};
 
 /// How the worker reads the firewall.
 #[derive(Clone, Debug)]
@@ -152,18 +152,17 @@ async fn facts(
 /// Polls every namespace's listeners into the listener history, on the
 /// blocking pool, every `every` (a listener that goes away before clients
 /// fail is the best fact of a `no_listener` diagnosis, and cannot be read
-/// afterwards).
-pub async fn poll_listeners(enricher: Arc<Mutex<Enricher>>, every: Duration) {
+/// afterwards). The load samples the polls add up to go to `on_load`: the
+/// daemon hands them to the history, which this stage does not know.
+pub async fn poll_listeners(enricher: Arc<Mutex<Enricher>>, every: Duration, mut on_load: impl FnMut(LoadSample)) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let enricher = enricher.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Ok(mut e) = enricher.lock() {
-                e.poll();
-            }
-        })
-        .await;
+        let sample = tokio::task::spawn_blocking(move || enricher.lock().ok().and_then(|mut e| e.poll())).await;
+        if let Ok(Some(sample)) = sample {
+            on_load(sample);
+        }
     }
 }

@@ -1,8 +1,9 @@
-//! What the CLI shows: `summary`, `events` and `why` read the daemon's
-//! history (and, for `why`, the live system). Readable by members of the
-//! observer group without root.
+//! What the CLI shows: `summary`, `events`, `why` and `report` read the
+//! daemon's history (and, for `why`, the live system). Readable by members
+//! of the observer group without root.
 
 pub mod events;
+pub mod report;
 pub mod summary;
 pub mod why;
 
