@@ -35,30 +35,9 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Up to a quarter less than `d`, so that hosts retrying the same
-/// receiver after an outage do not retry in lockstep.
-pub fn jitter(d: Duration) -> Duration {
-    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0)
-        ^ std::process::id();
-    let quarter = d.as_millis() as u64 / 4;
-    if quarter == 0 {
-        return d;
-    }
-    d.saturating_sub(Duration::from_millis(u64::from(seed) % quarter))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_stays_within_a_quarter() {
-        for ms in [0, 3, 100, 1000] {
-            let d = Duration::from_millis(ms);
-            let j = jitter(d);
-            assert!(j <= d && j >= d - d / 4, "{ms}: {j:?}");
-        }
-    }
 
     #[test]
     fn retry_after_takes_seconds_and_dates() {

@@ -65,8 +65,9 @@ use tokio::{
 };
 
 use super::{
+    delivery::jitter,
     host_name,
-    http::{self, jitter, Client},
+    http::{self, Client},
     metrics::{Family, MetricKind, Metrics},
     outputs::{OutputStats, WarnLimiter},
     Record,
